@@ -1,0 +1,1 @@
+"""Export: trained runs → verified ONNX bundles that the service loads without PyTorch."""

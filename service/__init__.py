@@ -1,0 +1,1 @@
+"""Service: FastAPI on ONNX Runtime serving sparse codes. Never imports torch or ``training``."""

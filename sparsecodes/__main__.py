@@ -1,0 +1,5 @@
+import sys
+
+from sparsecodes.cli import main
+
+sys.exit(main())

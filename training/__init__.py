@@ -1,0 +1,1 @@
+"""Training: sparse autoencoder kinds, data sets, the trainer, metrics and reports (PyTorch)."""

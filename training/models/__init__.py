@@ -1,0 +1,6 @@
+"""Sparse autoencoder kinds. ``registry`` maps names to classes; ``base`` is the shared interface."""
+
+from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput
+from training.models.registry import build, kinds, make_config, model_class
+
+__all__ = ["Progress", "SAEConfig", "SparseAutoencoder", "StepOutput", "build", "kinds", "make_config", "model_class"]

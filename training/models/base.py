@@ -1,0 +1,198 @@
+"""The interface every sparse autoencoder kind implements.
+
+A kind is a config dataclass (hyperparameters, saved as JSON) plus an ``nn.Module``. The trainer, the
+exporter and the tests only ever talk to this interface, so a new kind is trained, exported and tested
+by registering it (see ``registry.py``).
+
+Conventions (shapes are per batch of ``B`` rows):
+
+* inputs ``x`` are already *normalised* (``training.normalization``); export folds normalisation in;
+* ``forward(x, target, progress)`` is the training forward: it returns a :class:`StepOutput` whose
+  ``loss`` is backpropagated. It is ``forward`` (not a separate method) so that
+  ``DistributedDataParallel`` sees the call and synchronises gradients;
+* ``encode(x)`` is the *served* code ``[B, d_served]``: deterministic, with exact zeros for inactive
+  latents (methods.md, "Served code");
+* ``decode(code)`` maps a served code back to ``[B, d_in]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SAEConfig:
+    """Hyperparameters shared by every kind. Kinds subclass this and add their own fields."""
+
+    d_in: int
+    """Input width."""
+    d_sae: int
+    """Latent width (the trained dictionary size, before any truncation or pruning)."""
+    kind: str = ""
+    """Registry name of the kind; filled in by the registry, saved so a run loads through it."""
+
+    def __post_init__(self) -> None:
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in and d_sae must be positive, got d_in={self.d_in}, d_sae={self.d_sae}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a dict, rejecting keys this kind does not know (a typo must not pass silently)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) for kind {data.get('kind', cls.__name__)!r}: {unknown}; "
+                f"known: {sorted(names)}"
+            )
+        return cls(**data)
+
+
+@dataclass
+class Progress:
+    """Where training is, for the kinds whose loss follows a schedule (SoftSAE's α, budget, hard phase)."""
+
+    step: int
+    """Optimiser steps taken so far (0-based)."""
+    total_steps: int
+    """Planned number of optimiser steps."""
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    @classmethod
+    def done(cls) -> Progress:
+        return cls(step=1, total_steps=1)
+
+
+@dataclass
+class StepOutput:
+    """Result of one training forward."""
+
+    loss: Tensor
+    """Scalar to backpropagate."""
+    parts: dict[str, Tensor]
+    """Named parts of the loss (e.g. ``mse``, ``push``, ``budget``, ``auxk``, ``kl``), detached scalars."""
+    x_hat: Tensor
+    """Reconstruction ``[B, d_in]`` in normalised units."""
+    code: Tensor
+    """The code the decoder saw during training ``[B, d_sae]`` (used for live L0 and dead-latent stats)."""
+    extras: dict[str, Tensor] = field(default_factory=dict)
+    """Per-row training-time quantities worth logging (SoftSAE: ``k_hat``)."""
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class. Subclasses set ``config_cls`` and implement the abstract methods."""
+
+    config_cls: ClassVar[type[SAEConfig]] = SAEConfig
+    unit_norm_decoder: ClassVar[bool] = False
+    """Kinds with a unit-norm dictionary (TopK, BatchTopK, SoftSAE) keep ``W_dec`` columns at norm 1."""
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    # -- the interface -------------------------------------------------------------------------------
+    def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:
+        """Training forward: loss against ``target`` (defaults to ``x``; the DAE passes the clean input)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Served code ``[B, d_served]`` with exact zeros for inactive latents."""
+        raise NotImplementedError
+
+    def decode(self, code: Tensor) -> Tensor:
+        """Reconstruction ``[B, d_in]`` (normalised units) from a served code."""
+        raise NotImplementedError
+
+    def select_latents(self, keep: Tensor) -> SparseAutoencoder:
+        """A served model restricted to the latents ``keep`` (sorted trained indices).
+
+        Its ``encode`` returns ``[B, len(keep)]`` equal to ``self.encode(x)[:, keep]`` (up to documented
+        ties, for kinds whose selection looks at all latents) and its ``decode`` takes that narrower code.
+        Used by export to drop dead latents and by SOSAE truncation; the encoder matrices really shrink.
+        """
+        raise NotImplementedError
+
+    # -- optional hooks --------------------------------------------------------------------------------
+    def active_count(self, code: Tensor) -> Tensor:
+        """Per-row number of active latents (L0) of a served code ``[B]``."""
+        return (code != 0).sum(dim=-1)
+
+    def diagnostics(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-row quantities for reports and metrics (VAE family: ``log_var``; SoftSAE: ``k_hat``)."""
+        return {}
+
+    @torch.no_grad()
+    def init_from_data_(self, x: Tensor) -> None:
+        """Data-dependent initialisation from the first batch (e.g. ``b_dec`` at the batch's centre)."""
+
+    def before_optimizer_step_(self) -> None:
+        """Called after ``backward`` and before ``optimizer.step`` (e.g. project out the radial gradient)."""
+        if self.unit_norm_decoder:
+            remove_parallel_grad_(self.W_dec)
+
+    @torch.no_grad()
+    def after_optimizer_step_(self) -> None:
+        """Called after ``optimizer.step`` (e.g. renormalise decoder columns)."""
+        if self.unit_norm_decoder:
+            unit_norm_columns_(self.W_dec)
+
+    def flops_per_row(self) -> dict[str, int]:
+        """Analytic FLOPs (2 × multiply-adds) of one row through ``encode`` and ``decode``."""
+        return {"encoder": 0, "decoder": 0}
+
+    @property
+    def d_served(self) -> int:
+        return self.cfg.d_sae
+
+
+# -- shared building blocks ----------------------------------------------------------------------------
+
+
+def unit_norm_columns_(W_dec: Tensor) -> None:
+    """Renormalise the dictionary's atoms in place. ``W_dec`` is ``[d_in, d_sae]``; atoms are columns."""
+    W_dec.data /= W_dec.data.norm(dim=0, keepdim=True).clamp_min(1e-8)
+
+
+def remove_parallel_grad_(W_dec: Tensor) -> None:
+    """Remove the gradient component parallel to each (unit) column: the step then rotates atoms
+    instead of growing them, as in the SoftSAE and TopK reference code."""
+    if W_dec.grad is None:
+        return
+    W = W_dec.data
+    parallel = (W_dec.grad * W).sum(dim=0, keepdim=True)
+    W_dec.grad -= parallel * W
+
+
+def topk_mask(a: Tensor, k: Tensor | int) -> Tensor:
+    """Keep the ``k`` largest entries of each row of ``a`` (``k`` an int or a ``[B]`` tensor), zero the rest.
+
+    With a per-row ``k`` the rows are sorted once and a rank mask is compared against ``k``; ties at the
+    boundary go to the lower index (``torch.sort`` is stable), which ONNX ``TopK`` also does.
+    """
+    if isinstance(k, int):
+        vals, idx = a.topk(k, dim=-1, sorted=False)
+        return torch.zeros_like(a).scatter_(-1, idx, vals)
+    order = a.argsort(dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(a.shape[-1], device=a.device).expand_as(order))
+    return torch.where(ranks < k.unsqueeze(-1).to(ranks.dtype), a, torch.zeros_like(a))
+
+
+def linear_flops(d_in: int, d_out: int) -> int:
+    return 2 * d_in * d_out
+
+
+def kaiming_uniform(shape: tuple[int, int], fan_in: int, generator: torch.Generator | None = None) -> Tensor:
+    bound = 1.0 / math.sqrt(fan_in)
+    return torch.empty(shape).uniform_(-bound, bound, generator=generator)
