@@ -124,6 +124,26 @@ class SparseAutoencoder(nn.Module):
         """
         raise NotImplementedError
 
+    def decoder_input_layer(self) -> tuple[Tensor, Tensor]:
+        """``(W [h, d_served], b [h])`` of the decoder's first (linear) layer, which acts on the code.
+
+        Together with :meth:`decode_from_input` this lets a sparse code be decoded at a cost of
+        ``nnz × h`` for the first layer instead of ``d_served × h`` (see :meth:`decode_sparse`).
+        """
+        raise NotImplementedError
+
+    def decode_from_input(self, h: Tensor) -> Tensor:
+        """The rest of the decoder after its first linear layer (identity for a linear decoder)."""
+        return h
+
+    def decode_sparse(self, rows: Tensor, indices: Tensor, values: Tensor, n_rows: Tensor) -> Tensor:
+        """Decode a code given as COO entries: ``rows``, ``indices`` int64 ``[nnz]``, ``values`` ``[nnz]``,
+        ``n_rows`` int64 ``[1]``. Gathers only the ``nnz`` atoms it needs: cost ``nnz × h``."""
+        W, b = self.decoder_input_layer()
+        contrib = W.t().index_select(0, indices) * values.unsqueeze(-1)  # [nnz, h]
+        h = torch.zeros(n_rows[0], W.shape[0], dtype=W.dtype, device=W.device).index_add(0, rows, contrib)
+        return self.decode_from_input(h + b)
+
     # -- optional hooks --------------------------------------------------------------------------------
     def active_count(self, code: Tensor) -> Tensor:
         """Per-row number of active latents (L0) of a served code ``[B]``."""

@@ -54,6 +54,9 @@ class LinearSAE(SparseAutoencoder):
     def decode(self, code: Tensor) -> Tensor:
         return code @ self.W_dec.t() + self.b_dec
 
+    def decoder_input_layer(self) -> tuple[Tensor, Tensor]:
+        return self.W_dec, self.b_dec
+
     def select_latents(self, keep: Tensor) -> LinearSAE:
         keep = keep.to(self.W_enc.device)
         new = copy.deepcopy(self)
