@@ -66,3 +66,17 @@ class Dataset:
             raise DataError(f"data set {self.name!r} has {len(self)} rows: too few to hold out {n_val}")
         perm = np.random.default_rng(seed).permutation(len(self))
         return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
+
+
+def check_finite(x: np.ndarray, source: str) -> None:
+    """Raise DataError naming ``source`` and the first row of ``x`` (``[N, ...]``) holding NaN or ±Inf.
+
+    Every loader calls this: one bad value silently turns a whole training run into NaNs.
+    """
+    bad_rows = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+    if bad_rows.any():
+        row = int(np.argmax(bad_rows))
+        raise DataError(
+            f"{source}: row {row} contains NaN or Inf ({int(bad_rows.sum())} bad rows in all); "
+            "expected finite numbers only"
+        )

@@ -1,0 +1,48 @@
+# One Makefile: the README's commands and CI (.ci/run) call these targets.
+# `make serve` starts the service on built-in defaults; `make test` runs the tests. Both install what they need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install -q -c constraints.txt
+
+.PHONY: help install install-serve system-deps serve test test-fast lint format bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-all: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) -e ".[train,lm,serve,dev]"
+	touch $@
+
+install: $(VENV)/.installed-all  ## the whole project with every extra (train, lm, serve, dev)
+
+system-deps:  ## redis-server and docker-compose via apt, only where missing
+	bash scripts/install-system-deps.sh
+
+serve: install  ## start the service on built-in defaults (builds demo bundles on first run)
+	$(BIN)/sparsecodes serve --demo
+
+test: install system-deps  ## lint, then the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+test-fast: install  ## tests without the slower training studies
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install  ## every benchmark; tables printed, JSON under bench-results/
+	$(BIN)/sparsecodes bench all
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache bench-results

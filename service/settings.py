@@ -1,0 +1,75 @@
+"""The service's settings: one class, read from ``SPARSECODES_*`` environment variables.
+
+The names are a contract with the Helm chart (``helm/sparsecodes/values.yaml`` maps onto them), so a field
+is renamed only together with the chart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "SPARSECODES_"
+
+
+class Settings(BaseSettings):
+    """Every knob of ``sparsecodes serve``. Environment: ``SPARSECODES_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
+
+    model_dir: Path = Path("models")
+    """Folder of bundles (one per sub-folder), or a single bundle folder."""
+    host: str = "127.0.0.1"
+    """Interface to bind. Containers set ``0.0.0.0``."""
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    """Uvicorn worker processes. Kubernetes deployments keep 1 and scale replicas (metrics are per process)."""
+    providers: str = "auto"
+    """``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), or a comma list such as ``cuda,cpu``."""
+    redis_url: str = ""
+    """``redis://host:6379/0`` for a shared code cache; empty: an in-process LRU cache."""
+    cache_ttl_s: int = Field(3600, ge=1)
+    """Time to live of a cached code in Redis."""
+    cache_size: int = Field(100_000, ge=0)
+    """Entries (rows) kept by the in-process LRU cache; 0 disables caching when no Redis is configured."""
+    cache_timeout_ms: float = Field(50.0, gt=0)
+    """A Redis call slower than this counts as an error and the request is answered from the model."""
+    batching: bool = True
+    """Coalesce concurrent requests for the same model into one ONNX Runtime call."""
+    max_batch_size: int = Field(256, ge=1)
+    """Rows per coalesced call; a request with at least this many rows runs on its own."""
+    max_wait_ms: float = Field(2.0, ge=0)
+    """How long the first queued request waits for company before its batch runs."""
+    max_rows: int = Field(4096, ge=1)
+    """Rows per request; more is answered 413."""
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Request body size; more is answered 413 before the body is parsed."""
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma list of accepted ``Authorization: Bearer`` keys; empty: no authentication."""
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    graceful_timeout_s: float = Field(20.0, ge=0)
+    """After SIGTERM, in-flight requests get this long to finish."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    def env(self) -> dict[str, str]:
+        """These settings as ``SPARSECODES_*`` variables (how ``--workers N`` hands them to worker processes)."""
+        out = {}
+        for name, value in self.model_dump().items():
+            text = ",".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else str(value)
+            out[f"{ENV_PREFIX}{name.upper()}"] = text
+        return out

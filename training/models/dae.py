@@ -1,0 +1,115 @@
+"""Denoising autoencoder (DAE): the baseline SOSAE is compared with in the denoising study.
+
+The same MLP autoencoder as SOSAE (encoder → ReLU code → mirror decoder, built by the same helpers)
+without the push penalty; in training the input is corrupted (:func:`corrupt`) and the loss compares
+the reconstruction with the *clean* target. Outside training (``model.eval()``) nothing is corrupted,
+so validation losses measure plain reconstruction; the denoising study corrupts inputs itself with
+:func:`corrupt`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput
+from training.models.registry import register
+from training.models.sosae import check_keep, mlp_autoencoder, mlp_flops, row_mse, select_mlp_latents
+
+NOISES = ("gaussian", "salt_pepper", "mask")
+
+
+def check_noise(noise: str, level: float) -> None:
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    if level < 0 or (noise != "gaussian" and level > 1):
+        bound = "level >= 0" if noise == "gaussian" else "level, a share of entries, in [0, 1]"
+        raise ValueError(f"{noise} noise needs {bound}, got {level}")
+
+
+def corrupt(x: Tensor, noise: str, level: float, generator: torch.Generator | None = None) -> Tensor:
+    """A corrupted copy of ``x [B, d]`` (``x`` itself is untouched).
+
+    * ``"gaussian"``: ``x + level · N(0, 1)`` entrywise;
+    * ``"salt_pepper"``: a ``level`` share of entries (each independently) set to its row's min or max,
+      with equal odds;
+    * ``"mask"``: a ``level`` share of entries (each independently) set to 0.
+    """
+    check_noise(noise, level)
+    if x.ndim != 2:
+        raise ValueError(f"corrupt expects rows [B, d], got shape {tuple(x.shape)}")
+
+    def uniform() -> Tensor:
+        return torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+    if noise == "gaussian":
+        return x + level * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    hit = uniform() < level
+    if noise == "mask":
+        return torch.where(hit, torch.zeros_like(x), x)
+    lo, hi = x.amin(dim=-1, keepdim=True), x.amax(dim=-1, keepdim=True)
+    extreme = torch.where(uniform() < 0.5, lo.expand_as(x), hi.expand_as(x))
+    return torch.where(hit, extreme, x)
+
+
+@dataclass
+class DAEConfig(SAEConfig):
+    hidden: list[int] = field(default_factory=list)
+    """Hidden widths of the encoder MLP, input side first; the decoder mirrors them (as SOSAE's)."""
+    noise: str = "gaussian"
+    """Training corruption: ``"gaussian"``, ``"salt_pepper"`` or ``"mask"`` (see :func:`corrupt`)."""
+    noise_level: float = 0.1
+    """Gaussian: noise standard deviation (normalised units); salt-and-pepper, mask: share of entries hit."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hidden = list(self.hidden)
+        if any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.hidden):
+            raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
+        check_noise(self.noise, self.noise_level)
+
+
+@register("dae")
+class DAE(SparseAutoencoder):
+    """Encoder MLP → ``z = ReLU(·) [B, d_sae]`` → decoder MLP; loss ``||x_clean − dec(enc(corrupt(x)))||²``."""
+
+    config_cls = DAEConfig
+    cfg: DAEConfig
+
+    def __init__(self, cfg: DAEConfig) -> None:
+        super().__init__(cfg)
+        self.encoder, self.decoder = mlp_autoencoder(cfg.d_in, cfg.hidden, cfg.d_sae)
+
+    def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:
+        """``target`` is the clean input (defaults to ``x``); ``x`` is corrupted only in training mode."""
+        target = x if target is None else target
+        x_in = corrupt(x, self.cfg.noise, self.cfg.noise_level) if self.training else x
+        z = self.encode(x_in)
+        x_hat = self.decode(z)
+        mse = row_mse(x_hat, target)
+        return StepOutput(loss=mse, parts={"mse": mse.detach()}, x_hat=x_hat, code=z)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``ReLU(encoder(x))`` → ``[B, d_served]``."""
+        return torch.relu(self.encoder(x))
+
+    def decode(self, code: Tensor) -> Tensor:
+        return self.decoder(code)
+
+    def select_latents(self, keep: Tensor) -> DAE:
+        keep = check_keep(keep, self.d_served)
+        new = copy.deepcopy(self)
+        select_mlp_latents(new.encoder, new.decoder, keep)
+        new.cfg = dataclasses.replace(self.cfg, d_sae=len(keep))
+        return new
+
+    def flops_per_row(self) -> dict[str, int]:
+        return {"encoder": mlp_flops(self.encoder), "decoder": mlp_flops(self.decoder)}
+
+    @property
+    def d_served(self) -> int:
+        return int(self.encoder[-1].out_features)
