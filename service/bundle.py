@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +45,16 @@ SPARSE_DECODER_INPUTS = ("rows", "indices", "values", "n_rows")
 [nnz], ``n_rows`` int64 [1]; output ``x_hat`` [n_rows, d_in]."""
 
 REQUIRED_ROLES = ("encoder", "decoder")
+GRAPH_FILES: dict[str, str] = {
+    "encoder": ENCODER_FILE,
+    "decoder": DECODER_FILE,
+    "decoder_sparse": SPARSE_DECODER_FILE,
+    "encoder_fp16": ENCODER_FP16_FILE,
+    "decoder_fp16": DECODER_FP16_FILE,
+}
+"""Role → file name of every graph a bundle may hold (a role is its file's stem). The fp16 variants keep
+float32 inputs and outputs (they cast inside), so their signatures equal the fp32 ones."""
+EXAMPLES_ROLE = "examples"
 
 
 class BundleError(Exception):
@@ -71,6 +83,12 @@ class Flops(_Strict):
     encoder_served: int = Field(ge=0, description="Encoder as exported (truncated / pruned).")
     decoder_dense: int = Field(ge=0, description="Dense decode of a d_served code.")
     decoder_sparse_per_nnz: int = Field(ge=0, description="Sparse decode cost per nonzero entry.")
+    decoder_sparse_fixed: int = Field(
+        default=0,
+        ge=0,
+        description="Sparse decode cost per row that does not scale with nnz (the layers of an "
+        "MLP decoder after its first; 0 for a linear decoder).",
+    )
 
 
 class Parity(_Strict):
@@ -106,6 +124,25 @@ class Normalization(_Strict):
     centered: bool
 
 
+class LatentSelection(_Strict):
+    """How the served latents (``index_map``) were chosen from the trained ones."""
+
+    method: Literal["none", "dead", "cut_point+dead"] = Field(
+        description="none: all trained latents; dead: latents never active on held-out rows dropped; "
+        "cut_point+dead: SOSAE's positions >= cut_point dropped too."
+    )
+    cut_point: int | None = Field(default=None, ge=1, description="SOSAE's cut point K, else null.")
+    heldout_rows: int = Field(ge=0, description="Held-out rows the activity was measured on.")
+    dropped_dead: int = Field(ge=0, description="Trained latents never active on those rows.")
+    rows_changed: int = Field(
+        ge=0,
+        description="Held-out rows whose served code differs from the trained model's code on the kept "
+        "latents or that lost an active latent (0 when selection is exact).",
+    )
+    mse_trained: float = Field(description="Held-out mse of the trained model (PyTorch, normalised units).")
+    mse_served: float = Field(description="Held-out mse of the served model (PyTorch, normalised units).")
+
+
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="URL-safe model name.")
@@ -125,6 +162,7 @@ class Manifest(_Strict):
     input_shape: list[int] | None = Field(
         default=None, description="Image shape (e.g. [8, 8]) when inputs are flattened images, else null."
     )
+    selection: LatentSelection | None = Field(default=None, description="How index_map was chosen.")
     training: dict[str, Any] = Field(description="The run's config.json.")
     created_at: str
     package_version: str
@@ -132,7 +170,9 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.schema_version != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})")
+            raise ValueError(
+                f"schema_version {self.schema_version} is not supported (expected {SCHEMA_VERSION})"
+            )
         if len(self.index_map) != self.d_served:
             raise ValueError(f"index_map has {len(self.index_map)} entries but d_served is {self.d_served}")
         if self.d_served > self.d_sae or any(not 0 <= i < self.d_sae for i in self.index_map):
@@ -182,7 +222,9 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()
+        )
         raise BundleError(path, f"does not match the manifest schema: {problems}") from None
 
 
@@ -197,10 +239,14 @@ def verify_files(folder: str | os.PathLike[str], manifest: Manifest) -> None:
             raise BundleError(path, f"missing (listed in the manifest as {role!r})")
         size = path.stat().st_size
         if size != entry.size:
-            raise BundleError(path, f"size is {size} bytes but the manifest says {entry.size} (truncated or replaced?)")
+            raise BundleError(
+                path, f"size is {size} bytes but the manifest says {entry.size} (truncated or replaced?)"
+            )
         digest = sha256_file(path)
         if digest != entry.sha256:
-            raise BundleError(path, f"sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…")
+            raise BundleError(
+                path, f"sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…"
+            )
 
 
 def load_manifest(folder: str | os.PathLike[str]) -> Manifest:
@@ -216,3 +262,125 @@ def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Path:
     tmp.write_text(manifest.model_dump_json(indent=2))
     os.replace(tmp, path)
     return path
+
+
+# -- graph signatures (needs a session object, e.g. onnxruntime.InferenceSession; no import here) --------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as the manifest implies it. ``shape`` holds ``None`` for a symbolic axis."""
+
+    name: str
+    dtype: str
+    """ONNX Runtime's type string: ``tensor(float)``, ``tensor(int64)``."""
+    shape: tuple[int | None, ...]
+
+
+def graph_signature(manifest: Manifest, role: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """``(inputs, outputs)`` a graph of ``role`` must have for this manifest (see ``GRAPH_FILES``)."""
+    f32, i64 = "tensor(float)", "tensor(int64)"
+    codes = TensorSpec(ENCODER_OUTPUT, f32, (None, manifest.d_served))
+    x_hat = TensorSpec(DECODER_OUTPUT, f32, (None, manifest.d_in))
+    if role in ("encoder", "encoder_fp16"):
+        return [TensorSpec(ENCODER_INPUT, f32, (None, manifest.d_in))], [codes]
+    if role in ("decoder", "decoder_fp16"):
+        return [TensorSpec(DECODER_INPUT, f32, (None, manifest.d_served))], [x_hat]
+    if role == "decoder_sparse":
+        rows, indices, values, n_rows = SPARSE_DECODER_INPUTS
+        coo = [
+            TensorSpec(rows, i64, (None,)),
+            TensorSpec(indices, i64, (None,)),
+            TensorSpec(values, f32, (None,)),
+        ]
+        return [*coo, TensorSpec(n_rows, i64, (1,))], [x_hat]
+    raise ValueError(f"unknown graph role {role!r}; known: {', '.join(GRAPH_FILES)}")
+
+
+def _check_args(path: Path, kind: str, expected: list[TensorSpec], got: list[Any]) -> None:
+    names = [a.name for a in got]
+    if names != [s.name for s in expected]:
+        raise BundleError(path, f"{kind} are {names}, expected {[s.name for s in expected]}")
+    for spec, arg in zip(expected, got, strict=True):
+        if arg.type != spec.dtype:
+            raise BundleError(path, f"{kind[:-1]} {spec.name!r} has type {arg.type}, expected {spec.dtype}")
+        shape = list(arg.shape or [])
+        if len(shape) != len(spec.shape):
+            raise BundleError(
+                path, f"{kind[:-1]} {spec.name!r} has rank {len(shape)}, expected {len(spec.shape)}"
+            )
+        for axis, (want, have) in enumerate(zip(spec.shape, shape, strict=True)):
+            fixed = have if isinstance(have, int) and have >= 0 else None
+            if want is None and fixed is not None:
+                raise BundleError(
+                    path,
+                    f"{kind[:-1]} {spec.name!r} has axis {axis} fixed at {fixed}; expected a "
+                    "dynamic axis (batch or nnz)",
+                )
+            if want is not None and fixed != want:
+                raise BundleError(
+                    path,
+                    f"{kind[:-1]} {spec.name!r} has width {have} on axis {axis}, but the "
+                    f"manifest implies {want}",
+                )
+
+
+def check_signatures(folder: str | os.PathLike[str], manifest: Manifest, sessions: Mapping[str, Any]) -> None:
+    """Check each opened graph's input/output names, dtypes and widths against the manifest.
+
+    ``sessions`` maps a role (``encoder``, ``decoder``, ``decoder_sparse``, ``encoder_fp16``,
+    ``decoder_fp16``) to an object with ONNX Runtime's ``get_inputs()``/``get_outputs()``. Raises a
+    ``BundleError`` naming the graph's file and the first difference.
+    """
+    for role, session in sessions.items():
+        if session is None:
+            continue
+        entry = manifest.files.get(role)
+        path = Path(folder) / (entry.path if entry else GRAPH_FILES.get(role, role))
+        try:
+            inputs, outputs = graph_signature(manifest, role)
+        except ValueError as e:
+            raise BundleError(path, str(e)) from None
+        _check_args(path, "inputs", inputs, session.get_inputs())
+        _check_args(path, "outputs", outputs, session.get_outputs())
+
+
+def check_sessions(
+    manifest: Manifest, folder: str | os.PathLike[str], encoder: Any, decoder: Any, sparse_decoder: Any = None
+) -> None:
+    """``check_signatures`` for the usual three sessions (the service runtime's call)."""
+    check_signatures(
+        folder, manifest, {"encoder": encoder, "decoder": decoder, "decoder_sparse": sparse_decoder}
+    )
+
+
+def open_sessions(
+    folder: str | os.PathLike[str],
+    manifest: Manifest,
+    roles: list[str] | None = None,
+    providers: list[str] | None = None,
+    session_options: Any = None,
+) -> dict[str, Any]:
+    """Open the bundle's graphs with ONNX Runtime and check their signatures: role → ``InferenceSession``.
+
+    ``roles`` defaults to every graph the manifest lists. A graph ONNX Runtime cannot load raises a
+    ``BundleError`` naming its file. Imports onnxruntime on call, so reading manifests needs only pydantic.
+    """
+    import onnxruntime as ort
+
+    sessions: dict[str, Any] = {}
+    for role in roles if roles is not None else [r for r in manifest.files if r in GRAPH_FILES]:
+        entry = manifest.files.get(role)
+        if entry is None:
+            raise BundleError(
+                Path(folder) / GRAPH_FILES.get(role, role), f"role {role!r} is not in the manifest"
+            )
+        path = Path(folder) / entry.path
+        try:
+            sessions[role] = ort.InferenceSession(
+                str(path), sess_options=session_options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ONNX Runtime raises several unrelated types for a bad graph
+            raise BundleError(path, f"ONNX Runtime cannot load it: {e}") from None
+    check_signatures(folder, manifest, sessions)
+    return sessions

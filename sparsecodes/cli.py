@@ -17,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.cli", "train a sparse autoencoder on a data set; writes a run folder"),
     "export": ("export.cli", "export a run folder as a verified ONNX bundle"),
     "serve": ("service.cli", "serve the bundles in a model folder over HTTP"),
-    "bench": ("sparsecodes.bench", "benchmarks: train, export, serve, load"),
-    "reproduce": ("training.reproduce", "reproduce a paper's claim end to end"),
+    "demo": ("training.demo", "train and export the small demo bundles into a model folder"),
+    "bench": ("sparsecodes.bench", "benchmarks: train, export, serve"),
 }
 
 

@@ -45,7 +45,11 @@ def dead_fraction(code: np.ndarray) -> float:
 
 
 def probe_accuracy(
-    train_codes: np.ndarray, train_labels: np.ndarray, test_codes: np.ndarray, test_labels: np.ndarray, seed: int = 0
+    train_codes: np.ndarray,
+    train_labels: np.ndarray,
+    test_codes: np.ndarray,
+    test_labels: np.ndarray,
+    seed: int = 0,
 ) -> float:
     """Held-out accuracy of a logistic-regression probe trained on the codes (standardised features)."""
     from sklearn.linear_model import LogisticRegression

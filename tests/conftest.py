@@ -33,14 +33,22 @@ def make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("runs")
 
-    def make(kind: str, data: str = "digits", steps: int = 150, data_options: dict | None = None, **model: Any) -> Path:
+    def make(
+        kind: str, data: str = "digits", steps: int = 150, data_options: dict | None = None, **model: Any
+    ) -> Path:
         options = {**TINY_MODEL.get(kind, {}), **model}
         key = (kind, data, steps, repr(sorted((data_options or {}).items())), repr(sorted(options.items())))
         if key not in cache:
             out = root / f"{kind}-{data}-{len(cache)}"
-            cache[key] = train_run(kind, data, out, model=options, data_options=data_options or {},
-                                   train={"steps": steps, "epochs": None, "batch_size": 256, "lr": 3e-3},
-                                   show_progress=False)
+            cache[key] = train_run(
+                kind,
+                data,
+                out,
+                model=options,
+                data_options=data_options or {},
+                train={"steps": steps, "epochs": None, "batch_size": 256, "lr": 3e-3},
+                show_progress=False,
+            )
         return cache[key]
 
     return make

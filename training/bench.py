@@ -118,16 +118,29 @@ def run(args: argparse.Namespace) -> int:
             r["slowdown"] = r["sec_per_step"] / by[base]["sec_per_step"]
             r["target"] = limit
             r["meets_target"] = r["slowdown"] <= limit
-    result = {"benchmark": "train", "settings": {k: v for k, v in vars(args).items() if k not in ("out", "_run")},
-              "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                          "torch": torch.__version__}, "rows": rows}
+    result = {
+        "benchmark": "train",
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "_run")},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"training throughput, d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch_size}, "
-          f"{torch.get_num_threads()} threads (median of {args.rounds} rounds × {args.steps} steps)")
+    print(
+        f"training throughput, d_in={args.d_in} d_sae={args.d_sae} k={args.k} batch={args.batch_size}, "
+        f"{torch.get_num_threads()} threads (median of {args.rounds} rounds × {args.steps} steps)"
+    )
     print(f"{'kind':<12}{'samples/s':>12}{'ms/step':>10}  vs          slowdown  target")
     for r in rows:
-        extra = f"  {r['vs']:<10}{r['slowdown']:>9.2f}×  ≤{r['target']}× {'ok' if r['meets_target'] else 'MISSED'}" if "vs" in r else ""
+        extra = (
+            f"  {r['vs']:<10}{r['slowdown']:>9.2f}×  ≤{r['target']}× {'ok' if r['meets_target'] else 'MISSED'}"
+            if "vs" in r
+            else ""
+        )
         print(f"{r['kind']:<12}{r['samples_per_s']:>12.0f}{r['sec_per_step'] * 1e3:>10.1f}{extra}")
     print(f"wrote {args.out}")
     return 0

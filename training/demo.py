@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,33 @@ class DemoModel:
 
 
 DEMO_MODELS = (
-    DemoModel("digits-sosae", "sosae", "digits", {"d_sae": 64, "hidden": [128]}, {"steps": 1500, "batch_size": 256, "lr": 3e-3}),
-    DemoModel("manifold-softsae", "softsae", "manifold", {"d_sae": 256, "k": 8}, {"steps": 1500, "batch_size": 256, "lr": 3e-3}),
-    DemoModel("subspaces-vaease", "vaease", "subspaces", {"d_sae": 20}, {"steps": 1500, "batch_size": 1024, "lr": 1e-2}),
+    DemoModel(
+        "digits-sosae",
+        "sosae",
+        "digits",
+        {"d_sae": 64, "hidden": [128]},
+        {"steps": 1500, "batch_size": 256, "lr": 3e-3},
+    ),
+    DemoModel(
+        "manifold-softsae",
+        "softsae",
+        "manifold",
+        {"d_sae": 256, "k": 8},
+        {"steps": 1500, "batch_size": 256, "lr": 3e-3},
+    ),
+    DemoModel(
+        "subspaces-vaease",
+        "vaease",
+        "subspaces",
+        {"d_sae": 20},
+        {"steps": 1500, "batch_size": 1024, "lr": 1e-2},
+    ),
 )
 
 
-def build_demo_bundles(model_dir: str | Path, *, show_progress: bool = True, force: bool = False) -> list[Path]:
+def build_demo_bundles(
+    model_dir: str | Path, *, show_progress: bool = True, force: bool = False
+) -> list[Path]:
     """Train and export every demo model into ``model_dir`` (one bundle folder each); returns their paths.
 
     Bundles that already exist are kept unless ``force``.
@@ -45,8 +66,27 @@ def build_demo_bundles(model_dir: str | Path, *, show_progress: bool = True, for
             if target.exists() and not force:
                 made.append(target)
                 continue
-            run = train_run(demo.kind, demo.data, Path(tmp) / demo.name, model=demo.model,
-                            data_options=demo.data_options, train=demo.train, show_progress=show_progress)
+            run = train_run(
+                demo.kind,
+                demo.data,
+                Path(tmp) / demo.name,
+                model=demo.model,
+                data_options=demo.data_options,
+                train=demo.train,
+                show_progress=show_progress,
+            )
             export_run(run, target, name=demo.name, force=force, quiet=not show_progress)
             made.append(target)
     return made
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", type=Path, default=Path("models"), help="model folder to fill")
+    p.add_argument("--force", action="store_true", help="rebuild bundles that already exist")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    for path in build_demo_bundles(args.models, show_progress=not args.no_progress, force=args.force):
+        print(f"bundle ready: {path}")
+    return 0

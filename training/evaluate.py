@@ -53,10 +53,14 @@ def encode_all(sae: SparseAutoencoder, x_n: np.ndarray, batch_size: int = 2048) 
         recons.append(sae.decode(code).cpu().numpy())
         for k, v in sae.diagnostics(xb).items():
             diags.setdefault(k, []).append(v.float().cpu().numpy())
-    return Encoded(x_n, np.concatenate(codes), np.concatenate(recons), {k: np.concatenate(v) for k, v in diags.items()})
+    return Encoded(
+        x_n, np.concatenate(codes), np.concatenate(recons), {k: np.concatenate(v) for k, v in diags.items()}
+    )
 
 
-def evaluate(sae: SparseAutoencoder, normalizer: Normalizer, val: Dataset, train: Dataset | None = None) -> EvalResult:
+def evaluate(
+    sae: SparseAutoencoder, normalizer: Normalizer, val: Dataset, train: Dataset | None = None
+) -> EvalResult:
     enc = encode_all(sae, normalizer.apply(val.x))
     result: dict[str, Any] = M.summarize(enc.x, enc.x_hat, enc.code).to_dict()
     result["kind"] = sae.cfg.kind
@@ -68,7 +72,9 @@ def evaluate(sae: SparseAutoencoder, normalizer: Normalizer, val: Dataset, train
             result[f"{name}_mean"] = float(per_row.mean())
             result[f"{name}_std"] = float(per_row.std())
     if "k_hat" in enc.diagnostics:
-        result["k_hat_quantiles"] = {str(q): float(np.quantile(enc.diagnostics["k_hat"], q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)}
+        result["k_hat_quantiles"] = {
+            str(q): float(np.quantile(enc.diagnostics["k_hat"], q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)
+        }
     if val.labels is not None and train is not None and len(np.unique(val.labels)) > 1:
         tr = train.subset(np.arange(min(PROBE_ROWS, len(train))))
         tr_code = encode_all(sae, normalizer.apply(tr.x)).code

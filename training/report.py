@@ -17,7 +17,17 @@ if TYPE_CHECKING:
     from training.evaluate import EvalResult
     from training.trainer import History
 
-SUMMARY_KEYS = ("mse", "fvu", "l0_mean", "l0_std", "dead_fraction", "probe_accuracy", "k_hat_mean", "ad_mean", "ad_fixed_mean")
+SUMMARY_KEYS = (
+    "mse",
+    "fvu",
+    "l0_mean",
+    "l0_std",
+    "dead_fraction",
+    "probe_accuracy",
+    "k_hat_mean",
+    "ad_mean",
+    "ad_fixed_mean",
+)
 
 
 def write_report(run_dir: Path, cfg: RunConfig, result: EvalResult, history: History) -> Path:
@@ -32,20 +42,36 @@ def write_report(run_dir: Path, cfg: RunConfig, result: EvalResult, history: His
         made.append(plot_reconstructions(result, cfg, plots / "reconstructions.png"))
     if "by_group" in result.metrics:
         made.append(plot_dims(result, plots / "dims_by_group.png"))
-    lines = [f"# Run report: {cfg.kind} on {cfg.data.get('name', 'data')}", "", "## Held-out metrics", "",
-             "| metric | value |", "|---|---|"]
+    lines = [
+        f"# Run report: {cfg.kind} on {cfg.data.get('name', 'data')}",
+        "",
+        "## Held-out metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {_fmt(result.metrics[k])} |" for k in SUMMARY_KEYS if k in result.metrics]
     if "truncation" in result.metrics:
         t = result.metrics["truncation"]
-        lines += ["", "## Truncation (SOSAE)", "",
-                  f"Cut point K = {t['cut_point']} of d_sae = {cfg.model['d_sae']} (activity threshold {t['threshold']}); "
-                  f"mse full {t['mse_full']:.5g}, truncated {t['mse_truncated']:.5g} "
-                  f"(relative change {t['relative_mse_change']:.3%}); encoder FLOPs/row "
-                  f"{t['flops_full']['encoder']} → {t['flops_truncated']['encoder']}."]
+        lines += [
+            "",
+            "## Truncation (SOSAE)",
+            "",
+            f"Cut point K = {t['cut_point']} of d_sae = {cfg.model['d_sae']} (activity threshold {t['threshold']}); "
+            f"mse full {t['mse_full']:.5g}, truncated {t['mse_truncated']:.5g} "
+            f"(relative change {t['relative_mse_change']:.3%}); encoder FLOPs/row "
+            f"{t['flops_full']['encoder']} → {t['flops_truncated']['encoder']}.",
+        ]
     if "by_group" in result.metrics:
         groups = result.metrics["by_group"]
         cols = [c for c in groups[0] if c != "group"]
-        lines += ["", "## By group", "", "| group | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        lines += [
+            "",
+            "## By group",
+            "",
+            "| group | " + " | ".join(cols) + " |",
+            "|---" * (len(cols) + 1) + "|",
+        ]
         lines += ["| " + " | ".join([str(g["group"])] + [_fmt(g[c]) for c in cols]) + " |" for g in groups]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({PLOTS_DIR}/{p.name})" for p in made if p is not None]
     lines += ["", "## Configuration", "", "```json", _json(cfg.to_dict()), "```", ""]
@@ -105,7 +131,12 @@ def plot_activity(m: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.4))
     ax.bar(np.arange(len(act)), act, width=1.0)
     if "truncation" in m:
-        ax.axvline(m["truncation"]["cut_point"] - 0.5, color="r", ls="--", label=f"cut point K={m['truncation']['cut_point']}")
+        ax.axvline(
+            m["truncation"]["cut_point"] - 0.5,
+            color="r",
+            ls="--",
+            label=f"cut point K={m['truncation']['cut_point']}",
+        )
         ax.legend()
     ax.set(xlabel="latent position", ylabel="share of rows active", title="Per-position activity")
     return _save(fig, path)
@@ -142,7 +173,10 @@ def plot_dims(result: EvalResult, path: Path) -> Path:
     if "true_dim" in groups[0]:
         lim = [0, max(max(x), max(g["l0_mean"] for g in groups)) * 1.1]
         ax.plot(lim, lim, "k:", label="y = true dim")
-    ax.set(xlabel="true intrinsic dimension" if "true_dim" in groups[0] else "group",
-           ylabel="active latents", title="Active latents by group")
+    ax.set(
+        xlabel="true intrinsic dimension" if "true_dim" in groups[0] else "group",
+        ylabel="active latents",
+        title="Active latents by group",
+    )
     ax.legend()
     return _save(fig, path)

@@ -1,12 +1,12 @@
 """The run folder: what training leaves on disk and export reads.
 
-    RUN_DIR/
-      config.json        RunConfig: kind, model hyperparameters, data spec, training options, normalisation
-      model.safetensors  the model's state dict (tensors only: nothing is unpickled on load)
-      heldout.npz        held-out rows in raw units (x, and labels/groups/true_dim when known), capped
-      metrics.json       evaluation on the held-out split (sparsecodes.metrics + per-kind extras)
-      report.md, plots/  pictures a person looks at
-      checkpoint/        resumable training state (removed when training finishes unless kept)
+RUN_DIR/
+  config.json        RunConfig: kind, model hyperparameters, data spec, training options, normalisation
+  model.safetensors  the model's state dict (tensors only: nothing is unpickled on load)
+  heldout.npz        held-out rows in raw units (x, and labels/groups/true_dim when known), capped
+  metrics.json       evaluation on the held-out split (sparsecodes.metrics + per-kind extras)
+  report.md, plots/  pictures a person looks at
+  checkpoint/        resumable training state (removed when training finishes unless kept)
 """
 
 from __future__ import annotations
@@ -163,8 +163,14 @@ def save_heldout(ds: Dataset, path: Path, cap: int) -> None:
 def load_heldout(path: Path, name: str, input_shape: list[int] | None) -> Dataset:
     with np.load(path, allow_pickle=False) as z:
         get = lambda k: z[k] if k in z.files else None  # noqa: E731
-        return Dataset(name, z["x"], get("labels"), get("groups"), get("true_dim"),
-                       tuple(input_shape) if input_shape else None)
+        return Dataset(
+            name,
+            z["x"],
+            get("labels"),
+            get("groups"),
+            get("true_dim"),
+            tuple(input_shape) if input_shape else None,
+        )
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> RunConfig:
@@ -199,7 +205,11 @@ def load_run(run_dir: str | os.PathLike[str], device: str = "cpu") -> LoadedRun:
     model.to(device).eval()
     normalizer = Normalizer.from_dict(config.normalization)
     heldout_path = run_dir / HELDOUT_FILE
-    heldout = load_heldout(heldout_path, config.data.get("name", "data"), config.input_shape) if heldout_path.is_file() else None
+    heldout = (
+        load_heldout(heldout_path, config.data.get("name", "data"), config.input_shape)
+        if heldout_path.is_file()
+        else None
+    )
     return LoadedRun(run_dir, config, model, normalizer, heldout)
 
 
@@ -209,7 +219,11 @@ def check_state_matches(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     got = {k: tuple(v.shape) for k, v in state.items()}
     problems = [f"missing {k}" for k in expected if k not in got]
     problems += [f"unexpected {k}" for k in got if k not in expected]
-    problems += [f"{k} has shape {got[k]}, config implies {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
+    problems += [
+        f"{k} has shape {got[k]}, config implies {expected[k]}"
+        for k in expected
+        if k in got and got[k] != expected[k]
+    ]
     if problems:
         raise RunError(f"{source}: weights do not match config.json: " + "; ".join(problems[:6]))
 

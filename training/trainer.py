@@ -225,8 +225,14 @@ def fit(
         start, history = load_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler)
     net = DistributedDataParallel(sae, find_unused_parameters=True) if info.world > 1 else sae
     batches = BatchStream(len(x_train), cfg.batch_size, seed=cfg.seed + 1, skip=start)
-    bar = tqdm(range(start, total), total=total, initial=start, desc=f"train {sae.cfg.kind}",
-               disable=not (show_progress and info.main), dynamic_ncols=True)
+    bar = tqdm(
+        range(start, total),
+        total=total,
+        initial=start,
+        desc=f"train {sae.cfg.kind}",
+        disable=not (show_progress and info.main),
+        dynamic_ncols=True,
+    )
     log_every = max(1, total // 200)
     for step in bar:
         idx = batches.next()[info.rank * local_batch : (info.rank + 1) * local_batch]
@@ -298,8 +304,15 @@ def save_checkpoint(folder: Path, sae, optimizer, scheduler, step: int, history:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_weights(sae, tmp / WEIGHTS_FILE)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(), "step": step}, tmp / "state.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "step": step,
+        },
+        tmp / "state.pt",
+    )
     write_json(tmp / "history.json", history.to_dict())
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)

@@ -24,8 +24,17 @@ FAST = {"steps": 40, "epochs": None, "batch_size": 128, "lr": 3e-3}
 
 def test_a_run_folder_holds_config_weights_metrics_report_and_plots(make_run) -> None:
     run = make_run("topk", "digits")
-    for name in ("config.json", "model.safetensors", "metrics.json", "report.md", "heldout.npz",
-                 "plots/loss.png", "plots/active_dims.png", "plots/activity.png", "plots/reconstructions.png"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "metrics.json",
+        "report.md",
+        "heldout.npz",
+        "plots/loss.png",
+        "plots/active_dims.png",
+        "plots/activity.png",
+        "plots/reconstructions.png",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("mse", "fvu", "l0_mean", "l0_std", "dead_fraction", "probe_accuracy"):
@@ -91,8 +100,14 @@ def test_nan_in_a_data_file_names_the_file_and_row(tmp_path: Path) -> None:
     x[17, 2] = np.nan
     np.save(tmp_path / "bad.npy", x)
     with pytest.raises(ValueError, match=r"bad\.npy.*17"):
-        train_run("topk", str(tmp_path / "bad.npy"), tmp_path / "r", model={"d_sae": 8, "k": 2}, train=FAST,
-                  show_progress=False)
+        train_run(
+            "topk",
+            str(tmp_path / "bad.npy"),
+            tmp_path / "r",
+            model={"d_sae": 8, "k": 2},
+            train=FAST,
+            show_progress=False,
+        )
     assert not (tmp_path / "r").exists() and not partial_dir(tmp_path / "r").exists()
 
 
@@ -105,25 +120,61 @@ def test_resume_with_a_different_input_width_is_refused(tmp_path: Path) -> None:
     sae = build(make_config("topk", d_in=6, d_sae=8, k=2))
     cfg = TrainConfig(steps=20, epochs=None, batch_size=32, checkpoint_every=10)
     fit(sae, torch.from_numpy(ds.x), cfg, work, DistInfo(), show_progress=False)
-    (work / "config.json").write_text(json.dumps({"kind": "topk", "model": {"d_in": 6}, "data": {}, "train": {},
-                                                  "normalization": {}}))
+    (work / "config.json").write_text(
+        json.dumps({"kind": "topk", "model": {"d_in": 6}, "data": {}, "train": {}, "normalization": {}})
+    )
     with pytest.raises(RunError, match="d_in=6.*d_in=7"):
-        train_run("topk", str(tmp_path / "b.npy"), tmp_path / "r", model={"d_sae": 8, "k": 2},
-                  train={**FAST, "batch_size": 32}, resume=True, show_progress=False)
+        train_run(
+            "topk",
+            str(tmp_path / "b.npy"),
+            tmp_path / "r",
+            model={"d_sae": 8, "k": 2},
+            train={**FAST, "batch_size": 32},
+            resume=True,
+            show_progress=False,
+        )
 
 
 def test_command_line_train_and_its_errors(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "sparsecodes", "train"]
-    ok = subprocess.run(cmd + ["--kind", "sosae", "--data", "digits", "--out", str(tmp_path / "r"), "--d-sae", "16",
-                               "--steps", "30", "--batch-size", "128", "--set", "push_ratio=50", "--no-progress"],
-                        capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        cmd
+        + [
+            "--kind",
+            "sosae",
+            "--data",
+            "digits",
+            "--out",
+            str(tmp_path / "r"),
+            "--d-sae",
+            "16",
+            "--steps",
+            "30",
+            "--batch-size",
+            "128",
+            "--set",
+            "push_ratio=50",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads((tmp_path / "r" / "config.json").read_text())["model"]["push_ratio"] == 50
-    again = subprocess.run(cmd + ["--kind", "sosae", "--data", "digits", "--out", str(tmp_path / "r"), "--steps", "5"],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        cmd + ["--kind", "sosae", "--data", "digits", "--out", str(tmp_path / "r"), "--steps", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
-    bad = subprocess.run(cmd + ["--kind", "nope", "--data", "digits", "--out", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        cmd + ["--kind", "nope", "--data", "digits", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "unknown kind 'nope'" in bad.stderr
 
 
@@ -132,10 +183,36 @@ def test_two_process_data_parallel_training_with_torchrun(tmp_path: Path) -> Non
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sparsecodes",
-         "train", "--kind", "topk", "--data", "digits", "--out", str(out), "--d-sae", "32", "--k", "4", "--steps", "30",
-         "--batch-size", "128", "--no-progress"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "sparsecodes",
+            "train",
+            "--kind",
+            "topk",
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--d-sae",
+            "32",
+            "--k",
+            "4",
+            "--steps",
+            "30",
+            "--batch-size",
+            "128",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = load_run(out)

@@ -36,7 +36,9 @@ class Dataset:
     def __post_init__(self) -> None:
         self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         if self.x.ndim != 2 or self.x.shape[0] == 0 or self.x.shape[1] == 0:
-            raise DataError(f"data set {self.name!r} must be a non-empty 2-D matrix, got shape {self.x.shape}")
+            raise DataError(
+                f"data set {self.name!r} must be a non-empty 2-D matrix, got shape {self.x.shape}"
+            )
         for attr in ("labels", "groups", "true_dim"):
             v = getattr(self, attr)
             if v is not None:
@@ -54,8 +56,15 @@ class Dataset:
 
     def subset(self, idx: np.ndarray) -> Dataset:
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
-        return Dataset(self.name, self.x[idx], pick(self.labels), pick(self.groups), pick(self.true_dim),
-                       self.input_shape, dict(self.spec))
+        return Dataset(
+            self.name,
+            self.x[idx],
+            pick(self.labels),
+            pick(self.groups),
+            pick(self.true_dim),
+            self.input_shape,
+            dict(self.spec),
+        )
 
     def split(self, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         """A seeded random (train, held-out) split."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.data.base import Dataset, DataError, check_finite
+from training.data.base import DataError, Dataset, check_finite
 
 # The bundled pixels are counts 0..16 (4×4 blocks of a 32×32 bitmap); dividing puts them in [0, 1] like
 # every other image source here.

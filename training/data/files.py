@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data.base import Dataset, DataError, check_finite
+from training.data.base import DataError, Dataset, check_finite
 
 LABELS_KEY = "labels"
 """Array name that ``.npz``/``.safetensors`` files use for labels unless option ``labels`` names another."""
@@ -29,8 +29,9 @@ def load_npy(path: Path, *, sha256: str | None = None) -> Dataset:
     return Dataset("file", matrix(x, str(path)), spec=spec)
 
 
-def load_npz(path: Path, *, key: str | None = None, labels: str | None = None,
-             sha256: str | None = None) -> Dataset:
+def load_npz(
+    path: Path, *, key: str | None = None, labels: str | None = None, sha256: str | None = None
+) -> Dataset:
     """One matrix from a ``numpy.savez`` archive: the array ``key`` (may be left out when the archive
     holds a single array besides the labels) and optional int labels (array ``labels``, default
     ``"labels"`` when present)."""
@@ -42,14 +43,17 @@ def load_npz(path: Path, *, key: str | None = None, labels: str | None = None,
     return _keyed_dataset(path, x, y, key, labels, sha256)
 
 
-def load_safetensors(path: Path, *, key: str | None = None, labels: str | None = None,
-                     sha256: str | None = None) -> Dataset:
+def load_safetensors(
+    path: Path, *, key: str | None = None, labels: str | None = None, sha256: str | None = None
+) -> Dataset:
     """One matrix from a ``.safetensors`` file; ``key`` and ``labels`` as for ``.npz``."""
     try:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
     except ImportError as e:
-        raise DataError("reading .safetensors needs the safetensors package: pip install 'sparsecodes[train]'") from e
+        raise DataError(
+            "reading .safetensors needs the safetensors package: pip install 'sparsecodes[train]'"
+        ) from e
     try:
         arrays = load_file(str(path))
     except (SafetensorError, TypeError, ValueError, OSError) as e:
@@ -70,11 +74,15 @@ def existing_file(path: str | Path) -> Path:
 def matrix(x: np.ndarray, source: str) -> np.ndarray:
     """Check ``x`` is a non-empty, finite, real-valued ``[N, d_in]`` matrix; return it as float32."""
     if not _is_real(x.dtype):
-        raise DataError(f"{source}: dtype {x.dtype} is not numeric; expected a real-valued (int/float) matrix")
+        raise DataError(
+            f"{source}: dtype {x.dtype} is not numeric; expected a real-valued (int/float) matrix"
+        )
     if x.ndim != 2:
         raise DataError(f"{source}: array has shape {x.shape}; expected a 2-D matrix [N, d_in]")
     if x.size == 0:
-        raise DataError(f"{source}: the matrix is empty (shape {x.shape}); expected at least one row and column")
+        raise DataError(
+            f"{source}: the matrix is empty (shape {x.shape}); expected at least one row and column"
+        )
     x = np.asarray(x, dtype=np.float32)
     check_finite(x, source)
     return x
@@ -92,11 +100,14 @@ def int_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
 
 def pick_keys(keys: list[str], key: str | None, labels: str | None, source: str) -> tuple[str, str | None]:
     """Resolve which stored array is the matrix and which (if any) the labels."""
+    keys = sorted(keys)  # safetensors lists in no stable order; messages and choices should not vary
     if labels is None and LABELS_KEY in keys and key != LABELS_KEY:
         labels = LABELS_KEY
     for option, name in (("key", key), ("labels", labels)):
         if name is not None and name not in keys:
-            raise DataError(f"{source}: {option} {name!r} not found; the file holds: {', '.join(keys) or '(nothing)'}")
+            raise DataError(
+                f"{source}: {option} {name!r} not found; the file holds: {', '.join(keys) or '(nothing)'}"
+            )
     if key is None:
         candidates = [k for k in keys if k != labels]
         if len(candidates) != 1:
@@ -129,8 +140,9 @@ def verify_sha256(expected: str | None, *paths: Path) -> str:
     return actual
 
 
-def _keyed_dataset(path: Path, x: np.ndarray, y: np.ndarray | None, key: str, labels: str | None,
-                   sha256: str | None) -> Dataset:
+def _keyed_dataset(
+    path: Path, x: np.ndarray, y: np.ndarray | None, key: str, labels: str | None, sha256: str | None
+) -> Dataset:
     source = f"{path}[{key}]"
     x = matrix(x, source)
     y = None if y is None else int_labels(y, len(x), f"{path}[{labels}]")
@@ -139,10 +151,15 @@ def _keyed_dataset(path: Path, x: np.ndarray, y: np.ndarray | None, key: str, la
 
 
 def _is_real(dtype: np.dtype) -> bool:
-    return dtype == np.bool_ or (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating))
+    return dtype == np.bool_ or (
+        np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+    )
 
 
-_NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def _check_npy_header(path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.base import Dataset, DataError
+from training.data.base import DataError, Dataset
 from training.data.files import existing_file, int_labels, matrix, verify_sha256
 
 # IDX type byte → big-endian element type (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
@@ -28,8 +28,10 @@ def load_idx(path: Path, *, labels: str | None = None, sha256: str | None = None
     from the file. ``labels``: optional path of the matching IDX labels file ``[N]``."""
     images = parse_idx(read_bytes(path), str(path))
     if images.ndim < 2:
-        raise DataError(f"{path}: holds a {images.ndim}-D array {images.shape} (a labels file?); "
-                        "expected images [N, rows, cols] or vectors [N, d]")
+        raise DataError(
+            f"{path}: holds a {images.ndim}-D array {images.shape} (a labels file?); "
+            "expected images [N, rows, cols] or vectors [N, d]"
+        )
     x = images.reshape(len(images), -1)
     x = matrix(x / _UBYTE_MAX if images.dtype == np.uint8 else x, str(path))
     paths, y = [path], None
@@ -37,8 +39,11 @@ def load_idx(path: Path, *, labels: str | None = None, sha256: str | None = None
         label_path = existing_file(labels)
         paths.append(label_path)
         y = _idx_labels(label_path, len(x))
-    spec = {"name": str(path.resolve()), "labels": None if labels is None else str(paths[1].resolve()),
-            "sha256": verify_sha256(sha256, *paths)}
+    spec = {
+        "name": str(path.resolve()),
+        "labels": None if labels is None else str(paths[1].resolve()),
+        "sha256": verify_sha256(sha256, *paths),
+    }
     input_shape = tuple(int(s) for s in images.shape[1:]) if images.ndim >= 3 else None
     return Dataset("file", x, labels=y, input_shape=input_shape, spec=spec)
 
@@ -47,8 +52,10 @@ def parse_idx(raw: bytes, source: str) -> np.ndarray:
     """Decode an IDX file: magic ``00 00 <type> <ndim>``, ``ndim`` big-endian uint32 sizes, then data."""
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_TYPES or raw[3] == 0:
         magic = raw[:4].hex() or "(empty file)"
-        raise DataError(f"{source}: wrong magic number {magic}; expected an IDX file: 00 00, a type byte "
-                        f"({', '.join(f'{t:02x}' for t in _IDX_TYPES)}), the number of dimensions")
+        raise DataError(
+            f"{source}: wrong magic number {magic}; expected an IDX file: 00 00, a type byte "
+            f"({', '.join(f'{t:02x}' for t in _IDX_TYPES)}), the number of dimensions"
+        )
     ndim, header = raw[3], 4 + 4 * raw[3]
     if len(raw) < header:
         raise DataError(f"{source}: truncated IDX header ({len(raw)} bytes, expected {header})")
@@ -57,12 +64,15 @@ def parse_idx(raw: bytes, source: str) -> np.ndarray:
     need, have = int(np.prod(shape)) * dtype.itemsize, len(raw) - header
     if have != need:
         what = "truncated" if have < need else "has trailing bytes"
-        raise DataError(f"{source}: {what}: the header promises shape {shape} = {need} data bytes, found {have}")
+        raise DataError(
+            f"{source}: {what}: the header promises shape {shape} = {need} data bytes, found {have}"
+        )
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def load_cifar(path: Path, *, variant: str | None = None, cifar100_labels: str = "fine",
-               sha256: str | None = None) -> Dataset:
+def load_cifar(
+    path: Path, *, variant: str | None = None, cifar100_labels: str = "fine", sha256: str | None = None
+) -> Dataset:
     """A CIFAR binary batch → ``x`` ``[N, 3072]`` in [0, 1] (channel-major, ``input_shape`` (3, 32, 32)),
     labels from the label byte(s). ``variant``: ``cifar10`` (1 label byte) or ``cifar100`` (coarse and
     fine label bytes; ``cifar100_labels`` picks one); inferred from the file size when left out."""
@@ -75,12 +85,18 @@ def load_cifar(path: Path, *, variant: str | None = None, cifar100_labels: str =
     for col, n_classes in enumerate(_CIFAR_CLASSES[variant]):
         bad = np.flatnonzero(records[:, col] >= n_classes)
         if bad.size:
-            raise DataError(f"{path}: record {bad[0]} has label {records[bad[0], col]} ≥ {n_classes}: "
-                            f"not a {variant} binary batch (set option variant if it is the other CIFAR)")
+            raise DataError(
+                f"{path}: record {bad[0]} has label {records[bad[0], col]} ≥ {n_classes}: "
+                f"not a {variant} binary batch (set option variant if it is the other CIFAR)"
+            )
     label_col = 0 if variant == "cifar10" or cifar100_labels == "coarse" else 1
     x = matrix(records[:, n_label:] / _UBYTE_MAX, str(path))
-    spec = {"name": str(path.resolve()), "variant": variant, "cifar100_labels": cifar100_labels,
-            "sha256": verify_sha256(sha256, path)}
+    spec = {
+        "name": str(path.resolve()),
+        "variant": variant,
+        "cifar100_labels": cifar100_labels,
+        "sha256": verify_sha256(sha256, path),
+    }
     return Dataset("file", x, labels=records[:, label_col], input_shape=CIFAR_SHAPE, spec=spec)
 
 
@@ -115,6 +131,8 @@ def _cifar_variant(size: int, variant: str | None, source: str) -> str:
         raise DataError(f"{source}: {size} bytes fit both CIFAR-10 and CIFAR-100 records; set option variant")
     if variant is None or variant not in fits:
         expect = " or ".join(f"{rec} bytes ({v})" for v, rec in sizes.items() if variant in (None, v))
-        raise DataError(f"{source}: truncated or not a CIFAR binary batch: {size} bytes is not a whole "
-                        f"number of records of {expect}")
+        raise DataError(
+            f"{source}: truncated or not a CIFAR binary batch: {size} bytes is not a whole "
+            f"number of records of {expect}"
+        )
     return variant

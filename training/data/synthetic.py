@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from training.data.base import Dataset, DataError, check_finite
+from training.data.base import DataError, Dataset, check_finite
 from training.data.options import choice_option, dims_option, float_option, int_option
 
 EMBEDDINGS = ("linear", "nonlinear")
@@ -81,12 +81,21 @@ def manifold(
         x[rows] = x_g * np.sqrt(d / np.mean(np.sum(x_g**2, axis=1)))
     if noise > 0:
         x += noise * rng.standard_normal(x.shape)
-    spec = {"name": "manifold", "n": n, "dims": dims, "d": d, "embedding": embedding, "seed": seed,
-            "noise": noise}
+    spec = {
+        "name": "manifold",
+        "n": n,
+        "dims": dims,
+        "d": d,
+        "embedding": embedding,
+        "seed": seed,
+        "noise": noise,
+    }
     return _grouped("manifold", x, groups, dims, spec)
 
 
-def random_embedding(k: int, d: int, embedding: str, rng: np.random.Generator) -> Callable[[np.ndarray], np.ndarray]:
+def random_embedding(
+    k: int, d: int, embedding: str, rng: np.random.Generator
+) -> Callable[[np.ndarray], np.ndarray]:
     """A random map ``R^k → R^d`` taking latents ``[m, k]`` to points ``[m, d]``.
 
     ``linear``: ``t ↦ A t`` with ``A ~ N(0, 1/k)^{d×k}`` (rank ``k``). ``nonlinear``: a random

@@ -103,7 +103,9 @@ class SparseAutoencoder(nn.Module):
         self.cfg = cfg
 
     # -- the interface -------------------------------------------------------------------------------
-    def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
+    ) -> StepOutput:
         """Training forward: loss against ``target`` (defaults to ``x``; the DAE passes the clean input)."""
         raise NotImplementedError
 
@@ -205,7 +207,9 @@ def topk_mask(a: Tensor, k: Tensor | int) -> Tensor:
         vals, idx = a.topk(k, dim=-1, sorted=False)
         return torch.zeros_like(a).scatter_(-1, idx, vals)
     order = a.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(a.shape[-1], device=a.device).expand_as(order))
+    ranks = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(a.shape[-1], device=a.device).expand_as(order)
+    )
     return torch.where(ranks < k.unsqueeze(-1).to(ranks.dtype), a, torch.zeros_like(a))
 
 

@@ -100,6 +100,14 @@ class DAE(SparseAutoencoder):
     def decode(self, code: Tensor) -> Tensor:
         return self.decoder(code)
 
+    def decoder_input_layer(self) -> tuple[Tensor, Tensor]:
+        """The decoder's first ``nn.Linear`` (``weight [h, d_served]``, ``bias [h]``): the sparse-decode hook."""
+        return self.decoder[0].weight, self.decoder[0].bias
+
+    def decode_from_input(self, h: Tensor) -> Tensor:
+        """The decoder after its first layer (empty for a linear decoder, i.e. the identity)."""
+        return self.decoder[1:](h)
+
     def select_latents(self, keep: Tensor) -> DAE:
         keep = check_keep(keep, self.d_served)
         new = copy.deepcopy(self)

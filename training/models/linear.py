@@ -68,7 +68,10 @@ class LinearSAE(SparseAutoencoder):
         return new
 
     def flops_per_row(self) -> dict[str, int]:
-        return {"encoder": linear_flops(self.cfg.d_in, self.d_served), "decoder": linear_flops(self.d_served, self.cfg.d_in)}
+        return {
+            "encoder": linear_flops(self.cfg.d_in, self.d_served),
+            "decoder": linear_flops(self.d_served, self.cfg.d_in),
+        }
 
     @property
     def d_served(self) -> int:

@@ -28,7 +28,9 @@ def register(name: str) -> Callable[[type[SparseAutoencoder]], type[SparseAutoen
 
     def wrap(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"kind {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})")
+            raise ValueError(
+                f"kind {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__})"
+            )
         cls.kind = name  # type: ignore[attr-defined]
         _REGISTRY[name] = cls
         return cls

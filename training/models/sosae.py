@@ -41,6 +41,8 @@ class SOSAEConfig(SAEConfig):
     push_schedule: str = "exponential"
     """How the weights grow along the vector: ``"exponential"`` (``w_i ∝ (1 + α)^i``) or ``"linear"``
     (``w_i ∝ 1 + α·i``); both normalised to mean 1 with the same ``push_ratio``."""
+    push_warmup: float = 0.0
+    """Share of training over which λ ramps linearly from 0 to ``push_coef``."""
     cut_threshold: float = 1e-3
     """Activity (share of held-out rows with ``z_i > 0``) above which a latent counts as used when the
     cut point is chosen after training (methods.md, "Truncation")."""
@@ -180,7 +182,10 @@ class SOSAE(SparseAutoencoder):
         x_hat = self.decode(z)
         mse = row_mse(x_hat, x if target is None else target)
         # z ≥ 0 after the ReLU, so |z_i| = z_i.
-        push = self.cfg.push_coef * (z * self.push_weights).sum(dim=-1).mean()
+        lam = self.cfg.push_coef
+        if progress is not None and self.cfg.push_warmup > 0:
+            lam = lam * min(1.0, progress.fraction / self.cfg.push_warmup)
+        push = lam * (z * self.push_weights).sum(dim=-1).mean()
         return StepOutput(
             loss=mse + push, parts={"mse": mse.detach(), "push": push.detach()}, x_hat=x_hat, code=z
         )
@@ -191,6 +196,14 @@ class SOSAE(SparseAutoencoder):
 
     def decode(self, code: Tensor) -> Tensor:
         return self.decoder(code)
+
+    def decoder_input_layer(self) -> tuple[Tensor, Tensor]:
+        """The decoder's first ``nn.Linear`` (``weight [h, d_served]``, ``bias [h]``): the sparse-decode hook."""
+        return self.decoder[0].weight, self.decoder[0].bias
+
+    def decode_from_input(self, h: Tensor) -> Tensor:
+        """The decoder after its first layer (empty for a linear decoder, i.e. the identity)."""
+        return self.decoder[1:](h)
 
     def select_latents(self, keep: Tensor) -> SOSAE:
         keep = check_keep(keep, self.d_served)

@@ -1,0 +1,129 @@
+"""Dynamic micro-batching: concurrent requests for one model share one ONNX Runtime call.
+
+Each request submits its rows ``[n_i, d_in]``. A collector task per model takes the first waiting request,
+then gathers more until the batch holds ``max_batch_size`` rows or ``max_wait_s`` has passed, runs the
+concatenated batch in a worker thread (never on the event loop) and hands each request its own rows of
+the result. While one batch runs, new requests queue up, so under load batches fill without waiting.
+A request with ``max_batch_size`` rows or more runs on its own at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+R = TypeVar("R")
+log = logging.getLogger("sparsecodes.batcher")
+
+
+@dataclass
+class _Pending(Generic[R]):
+    x: np.ndarray
+    future: asyncio.Future[R]
+
+
+class Batcher(Generic[R]):
+    """Coalesce calls of ``fn(x [n, d]) -> R``; ``take(result, start, stop)`` cuts one request's rows out."""
+
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], R],
+        take: Callable[[R, int, int], R],
+        *,
+        executor: Executor,
+        max_batch_size: int,
+        max_wait_s: float,
+        name: str = "",
+    ) -> None:
+        self.fn = fn
+        self.take = take
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.name = name
+        self._queue: deque[_Pending[R]] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._running = False
+
+    async def submit(self, x: np.ndarray) -> R:
+        """The result of ``fn`` for ``x`` alone, computed as part of a shared batch."""
+        loop = asyncio.get_running_loop()
+        if len(x) >= self.max_batch_size or self._closed:
+            return await loop.run_in_executor(self.executor, self.fn, x)
+        if self._task is None:
+            self._task = loop.create_task(self._collect(), name=f"batcher-{self.name}")
+        pending = _Pending(x, loop.create_future())
+        self._queue.append(pending)
+        self._wakeup.set()
+        return await pending.future
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = loop.time() + self.max_wait_s
+            while self._rows_queued() < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._pop_batch()
+            await self._run(batch)
+
+    def _rows_queued(self) -> int:
+        return sum(len(p.x) for p in self._queue)
+
+    def _pop_batch(self) -> list[_Pending[R]]:
+        batch, rows = [], 0
+        while self._queue and (not batch or rows + len(self._queue[0].x) <= self.max_batch_size):
+            item = self._queue.popleft()
+            if item.future.done():  # the caller went away (cancelled): skip its rows
+                continue
+            batch.append(item)
+            rows += len(item.x)
+        return batch
+
+    async def _run(self, batch: list[_Pending[R]]) -> None:
+        if not batch:
+            return
+        x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+        self._running = True
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, x)
+        except Exception as e:
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        finally:
+            self._running = False
+        start = 0
+        for p in batch:
+            stop = start + len(p.x)
+            if not p.future.done():
+                p.future.set_result(result if len(batch) == 1 else self.take(result, start, stop))
+            start = stop
+
+    async def close(self) -> None:
+        """Let the collector finish what is queued, then stop it."""
+        self._closed = True
+        while self._task is not None and not self._task.done() and (self._queue or self._running):
+            await asyncio.sleep(0.001)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

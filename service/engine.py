@@ -1,0 +1,119 @@
+"""The service's work without HTTP: cache look-up, micro-batched inference, capping, reconstruction.
+
+Routes parse a request into arrays, call :class:`Engine`, and render what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from service.batcher import Batcher
+from service.cache import CodeCache, LRUCache, RedisCache, pack_code, unpack_code
+from service.codes import SparseCodes
+from service.errors import UnknownModel
+from service.metrics import ACTIVE_DIMS, MODEL_INFO, RECONSTRUCTION_ERROR, observe_many
+from service.runtime import ModelRuntime
+from service.settings import Settings
+
+log = logging.getLogger("sparsecodes.engine")
+
+
+def make_cache(settings: Settings) -> CodeCache | None:
+    """Redis when ``SPARSECODES_REDIS_URL`` is set, else an in-process LRU (``None`` if its size is 0)."""
+    if settings.redis_url:
+        return RedisCache(settings.redis_url, settings.cache_ttl_s, settings.cache_timeout_ms / 1000)
+    return LRUCache(settings.cache_size) if settings.cache_size > 0 else None
+
+
+class Engine:
+    """Loaded models plus the machinery shared by the routes. Create inside a running event loop."""
+
+    def __init__(self, models: dict[str, ModelRuntime], settings: Settings, cache: CodeCache | None) -> None:
+        self.models = models
+        self.settings = settings
+        self.cache = cache
+        self.ready = False
+        self.executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="ort")
+        self.batchers: dict[str, Batcher[SparseCodes]] = {}
+        for name, m in models.items():
+            if settings.batching:
+                self.batchers[name] = Batcher(
+                    m.encode,
+                    lambda codes, start, stop: codes.rows(start, stop),
+                    executor=self.executor,
+                    max_batch_size=settings.max_batch_size,
+                    max_wait_s=settings.max_wait_ms / 1000,
+                    name=name,
+                )
+            MODEL_INFO.labels(model=name, version=m.manifest.version, kind=m.manifest.kind, provider=m.provider).set(1)
+
+    def model(self, name: str) -> ModelRuntime:
+        try:
+            return self.models[name]
+        except KeyError:
+            served = ", ".join(sorted(self.models)) or "none"
+            raise UnknownModel(f"no model named {name!r} is loaded; served models: {served}") from None
+
+    async def _infer(self, m: ModelRuntime, x: np.ndarray) -> SparseCodes:
+        batcher = self.batchers.get(m.name)
+        if batcher is not None:
+            return await batcher.submit(x)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, m.encode, x)
+
+    @staticmethod
+    def _keys(m: ModelRuntime, x: np.ndarray, max_active: int | None) -> list[bytes]:
+        # Key = bundle version + the options that change the code + a hash of the row's float32 bytes.
+        prefix = f"{m.manifest.version}:{max_active or 0}:".encode()
+        return [prefix + hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+
+    async def encode(self, m: ModelRuntime, x: np.ndarray, max_active: int | None = None) -> SparseCodes:
+        """``x [n, d_in]`` float32 → codes; cached rows are not recomputed."""
+        if self.cache is None:
+            codes = (await self._infer(m, x)).cap(max_active)
+        else:
+            codes = await self._encode_cached(m, x, max_active)
+        observe_many(ACTIVE_DIMS.labels(model=m.name), codes.l0)
+        return codes
+
+    async def _encode_cached(self, m: ModelRuntime, x: np.ndarray, max_active: int | None) -> SparseCodes:
+        assert self.cache is not None
+        keys = self._keys(m, x, max_active)
+        cached = await self.cache.get_many(keys)
+        missing = [i for i, blob in enumerate(cached) if blob is None]
+        if not missing:
+            return SparseCodes.from_rows([unpack_code(blob) for blob in cached])  # type: ignore[arg-type]
+        x_miss = x if len(missing) == len(x) else x[missing]
+        fresh = (await self._infer(m, x_miss)).cap(max_active)
+        await self.cache.set_many([(keys[i], pack_code(*fresh.row(j))) for j, i in enumerate(missing)])
+        if len(missing) == len(x):
+            return fresh
+        rows: list[tuple[np.ndarray, np.ndarray]] = [unpack_code(b) if b is not None else None for b in cached]  # type: ignore[misc]
+        for j, i in enumerate(missing):
+            rows[i] = fresh.row(j)
+        return SparseCodes.from_rows(rows)
+
+    async def decode(self, m: ModelRuntime, codes: SparseCodes) -> np.ndarray:
+        """Codes → ``x_hat [n, d_in]`` raw units, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, m.decode, codes)
+
+    def observe_error(self, m: ModelRuntime, x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+        """Per-row reconstruction error ``[n]`` (normalised units), recorded in the histogram."""
+        error = m.row_error(x, x_hat)
+        observe_many(RECONSTRUCTION_ERROR.labels(model=m.name), error)
+        return error
+
+    async def close(self) -> None:
+        self.ready = False
+        for batcher in self.batchers.values():
+            await batcher.close()
+        if self.cache is not None:
+            await self.cache.close()
+        self.executor.shutdown(wait=True)
+        for name, m in self.models.items():
+            MODEL_INFO.remove(name, m.manifest.version, m.manifest.kind, m.provider)

@@ -1,0 +1,83 @@
+"""Every Prometheus metric of the service, declared once, with fixed label sets.
+
+Latencies and sizes are histograms (not summaries) so that quantiles aggregate across replicas:
+``histogram_quantile(0.99, sum by (le) (rate(sparsecodes_request_duration_seconds_bucket[5m])))``.
+Metrics are per process (the default registry); deployments run one worker per pod and scale replicas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_POW2_BUCKETS = tuple(float(2**i) for i in range(13))  # 1 … 4096
+_DIMS_BUCKETS = (0.0, *_POW2_BUCKETS, 8192.0, 16384.0)
+_ERROR_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+REQUEST_DURATION = Histogram(
+    "sparsecodes_request_duration_seconds",
+    "Time from request start to response end, by route template, model and status code.",
+    ["route", "model", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+INFERENCE_DURATION = Histogram(
+    "sparsecodes_inference_duration_seconds",
+    "Time of one ONNX Runtime session run (one coalesced batch).",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "sparsecodes_batch_size", "Rows per ONNX Runtime encoder run (after micro-batching).", ["model"], buckets=_POW2_BUCKETS
+)
+ACTIVE_DIMS = Histogram(
+    "sparsecodes_active_dims",
+    "Active latents (L0) per served row: the variable code length.",
+    ["model"],
+    buckets=_DIMS_BUCKETS,
+)
+RECONSTRUCTION_ERROR = Histogram(
+    "sparsecodes_reconstruction_error",
+    "Per-row squared reconstruction error in normalised units (the manifest's mse is its mean).",
+    ["model"],
+    buckets=_ERROR_BUCKETS,
+)
+CACHE_REQUESTS = Counter(
+    "sparsecodes_cache_requests",
+    "Per-row code cache look-ups: hit, miss, or error (cache unreachable or slow; answered from the model).",
+    ["result"],
+)
+REQUESTS_IN_FLIGHT = Gauge("sparsecodes_requests_in_flight", "HTTP requests being handled now.")
+MODEL_INFO = Gauge(
+    "sparsecodes_model_info",
+    "1 for each loaded model; labels carry its version, kind and the execution provider it runs on.",
+    ["model", "version", "kind", "provider"],
+)
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """Observe every value of ``values`` at once: one bucket count and one sum update per call.
+
+    ``Histogram.observe`` costs a lock per value; a 256-row request would pay 256 of them. This adds the
+    same counts through the histogram's own bucket counters (falls back to the loop if they change).
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for v in values:
+            histogram.observe(float(v))
+        return
+    # Bucket i holds values in (bounds[i-1], bounds[i]] (non-cumulative storage, like observe()).
+    slots = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    for i, count in zip(*np.unique(slots, return_counts=True), strict=True):
+        buckets[int(i)].inc(int(count))
+    total.inc(float(values.sum()))
+
+
+def exposition() -> tuple[bytes, str]:
+    """The ``/metrics`` body and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

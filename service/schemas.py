@@ -1,0 +1,200 @@
+"""Request and response models: the API's documented contract (OpenAPI) and the options' validation.
+
+Arrays are parsed by ``codec`` (fast NumPy paths and precise error messages) rather than by these models;
+the models still describe them, so the OpenAPI schema shows every field, its encodings and examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FloatMatrix = list[list[float]] | str
+_MATRIX_DOC = "Rows of d_in numbers, or one base64 string of n·d_in little-endian float32 (row-major)."
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EncodeOptions(_Options):
+    """Options of ``encode`` (JSON body fields, or query parameters with a binary body)."""
+
+    return_reconstruction: bool = Field(False, description="Also return x_hat and each row's reconstruction_error.")
+    max_active: int | None = Field(
+        None, ge=1, description="Keep at most this many largest-magnitude entries per row (caps L0): the caller's rate–quality knob."
+    )
+    layout: Literal["rows", "csr"] = Field(
+        "rows", description="rows: codes is a list of {indices, values}; csr: codes is {indptr, indices, values} for the batch."
+    )
+    encoding_format: Literal["float", "base64"] | None = Field(
+        None,
+        description="Arrays in the response as JSON numbers or base64 (indices int32, indptr int64, floats float32, "
+        "little-endian). Default: the encoding the request used.",
+    )
+
+
+class DenoiseOptions(_Options):
+    max_active: int | None = Field(None, ge=1, description="Cap on active latents per row before decoding.")
+    layout: Literal["rows", "csr"] = "rows"
+    encoding_format: Literal["float", "base64"] | None = None
+
+
+class DecodeOptions(_Options):
+    encoding_format: Literal["float", "base64"] | None = None
+
+
+class CodeRow(BaseModel):
+    indices: list[int] | str = Field(description="Active served latents, ascending (or base64 int32).")
+    values: list[float] | str = Field(description="Their values (or base64 float32).")
+
+
+class CsrCodes(BaseModel):
+    indptr: list[int] | str = Field(description="[n + 1] row offsets into indices/values (or base64 int64).")
+    indices: list[int] | str
+    values: list[float] | str
+
+
+Codes = list[CodeRow] | CsrCodes
+
+
+class EncodeRequest(EncodeOptions):
+    inputs: FloatMatrix = Field(description=_MATRIX_DOC)
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"inputs": [[0.12, -0.5, 0.33, 0.0]], "max_active": 16, "return_reconstruction": True}]}
+    )
+
+
+class DecodeRequest(DecodeOptions):
+    codes: Codes = Field(description="Per-row {indices, values}, or CSR {indptr, indices, values}: what encode returns.")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"codes": [{"indices": [3, 17, 250], "values": [0.8, 1.2, 0.05]}]}]})
+
+
+class DenoiseRequest(DenoiseOptions):
+    inputs: FloatMatrix = Field(description=_MATRIX_DOC)
+
+
+class EncodeResponse(BaseModel):
+    model: str
+    version: str
+    codes: Codes
+    l0: list[int] = Field(description="Active latents per row (the variable code length).")
+    reconstructions: FloatMatrix | None = Field(None, description="x_hat in raw units (with return_reconstruction).")
+    reconstruction_error: list[float] | None = Field(
+        None, description="Per-row ||x − x_hat||² in normalised units (the manifest's mse is its mean)."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "digits-sosae", "version": "3f2a9c0d1e4b5a67", "codes": [{"indices": [2, 9, 31], "values": [0.71, 1.4, 0.2]}], "l0": [3]}
+            ]
+        }
+    )
+
+
+class DecodeResponse(BaseModel):
+    model: str
+    version: str
+    reconstructions: FloatMatrix
+
+
+class DenoiseResponse(BaseModel):
+    model: str
+    version: str
+    outputs: FloatMatrix = Field(description="The decoded (denoised) rows, raw units.")
+    codes: Codes
+    l0: list[int]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    kind: str
+    d_in: int
+    d_sae: int
+    d_served: int
+    providers: list[str] = Field(description="ONNX Runtime execution providers the model's sessions run on, in order.")
+    metrics: dict[str, Any] = Field(description="Held-out metrics measured on the exported graphs (normalised units).")
+    input_shape: list[int] | None = None
+    flops_per_row: dict[str, int]
+    sparse_decoder: bool = Field(description="Decoding costs nnz × d_in (a sparse decoder graph is loaded).")
+    created_at: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Machine-readable error name, e.g. invalid_input, model_not_found.")
+    message: str = Field(description="What was wrong and what was expected.")
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"error": {"type": "invalid_input", "message": "inputs rows have 3 values but the model expects d_in=64", "request_id": "5b0c…"}}]}
+    )
+
+
+# -- Open Inference Protocol (KServe v2) ---------------------------------------------------------------
+
+
+class InferTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str = Field(description="FP32, INT64, ...")
+    parameters: dict[str, Any] | None = None
+    data: list[Any] = Field(description="Tensor contents, flat (row-major) or nested.")
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="Supported: max_active (int).")
+    inputs: list[InferTensor]
+    outputs: list[RequestedOutput] | None = Field(
+        None, description="Outputs to return; default indptr, indices, values. Ask for x_hat to get reconstructions."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.1, 0.2, 0.3, 0.4]}]}]}
+    )
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[InferTensor]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]

@@ -1,0 +1,204 @@
+"""The Dockerfiles, read instruction by instruction. No Docker engine exists here to build them, so these
+tests check what can be checked without one: the layout the deployment issue asks for, that every file
+they COPY exists and passes the build context's ignore list, and that their requirement extraction
+(the one piece of logic they run) gives the right packages when run on this repository."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from deploy_contract import DOCKER, REPO
+
+SOURCE_PACKAGES = {"sparsecodes", "service", "training", "export"}
+SERVICE_USER = "10001:10001"
+
+
+@dataclass
+class Stage:
+    """One FROM … stage: its base, name and instructions as (keyword, arguments)."""
+
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages) of a Dockerfile; continuation lines joined as Docker joins them."""
+    text = re.sub(r"\\\n", "", path.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            words = rest.split()
+            stages.append(Stage(words[0], words[2] if len(words) > 2 and words[1].upper() == "AS" else None))
+        elif stages:
+            stages[-1].instructions.append((keyword, rest.strip()))
+        elif keyword == "ARG" and "=" in rest:
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip()
+    return args, stages
+
+
+def effective_user(stages: list[Stage], stage: Stage) -> str | None:
+    """The USER a stage runs as: its own last USER, else the one of the stage it is built FROM."""
+    if users := stage.all("USER"):
+        return users[-1]
+    parent = next((s for s in stages if s.name == stage.base), None)
+    return effective_user(stages, parent) if parent else None
+
+
+def stage_args(stage: Stage) -> dict[str, str]:
+    return {k.strip(): v.strip() for a in stage.all("ARG") if "=" in a for k, _, v in [a.partition("=")]}
+
+
+def copied_sources(stage: Stage) -> list[str]:
+    """Build-context paths a stage COPYs (not --from another stage), with ARG defaults filled in."""
+    out = []
+    defaults = stage_args(stage)
+    for args in stage.all("COPY"):
+        words = shlex.split(args)
+        if any(w.startswith("--from") for w in words):
+            continue
+        for source in [w for w in words if not w.startswith("--")][:-1]:
+            out.append(re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], source))
+    return out
+
+
+def requirement_script(stage: Stage) -> str:
+    """The `python -c "…"` one-liner a stage runs to list its requirements from pyproject.toml."""
+    for run in stage.all("RUN"):
+        if m := re.search(r'python3? -c "(.*?)"\s*> requirements\.txt', run):
+            return m.group(1)  # bash keeps \n inside double quotes, so Python sees the escape
+    raise AssertionError("no requirement extraction found")
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+DOCKERFILES = {name: parse(DOCKER / name) for name in ("Dockerfile", "Dockerfile.gpu", "Dockerfile.train")}
+SERVING = ("Dockerfile", "Dockerfile.gpu")
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_multi_stage_and_non_root(name: str) -> None:
+    _, stages = DOCKERFILES[name]
+    assert len(stages) >= 2, "multi-stage"
+    for stage in stages:
+        for user in stage.all("USER"):
+            assert user == SERVICE_USER, f"{stage.name}: USER {user}"
+    assert effective_user(stages, stages[-1]) == SERVICE_USER, "the default image runs as the service user"
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_dependencies_are_installed_before_the_source_is_copied(name: str) -> None:
+    _, stages = DOCKERFILES[name]
+    build = next(s for s in stages if s.all("COPY") and "pyproject.toml" in s.all("COPY")[0])
+    order = [(kw, args) for kw, args in build.instructions if kw in {"COPY", "RUN"}]
+    install = next(i for i, (kw, a) in enumerate(order) if kw == "RUN" and "pip install -c constraints.txt -r" in a)
+    first_source = next(i for i, (kw, a) in enumerate(order) if kw == "COPY" and a.split()[0] in SOURCE_PACKAGES)
+    assert install < first_source
+    assert all(a.split()[0] in {"pyproject.toml"} for kw, a in order[:install] if kw == "COPY")
+
+
+@pytest.mark.parametrize(
+    ("name", "extras"),
+    [("Dockerfile", ["serve"]), ("Dockerfile.gpu", ["serve-gpu"]), ("Dockerfile.train", ["train", "lm"])],
+)
+def test_requirement_extraction_installs_exactly_the_right_extras(name: str, extras: list[str]) -> None:
+    """Run the Dockerfile's own one-liner on this repository's pyproject.toml."""
+    _, stages = DOCKERFILES[name]
+    script = requirement_script(stages[0])
+    printed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    project = pyproject()
+    expected = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
+    assert printed.stdout.split("\n")[:-1] == expected
+    if name in SERVING:
+        assert not [r for r in expected if r.startswith(("torch", "onnxruntime-gpu" if name == "Dockerfile" else "x"))]
+
+
+def test_cpu_image_has_no_pytorch_and_no_training_code() -> None:
+    _, stages = DOCKERFILES["Dockerfile"]
+    sources = {s.split("/")[0] for stage in stages for s in copied_sources(stage)}
+    assert sources.isdisjoint({"training", "export"})
+    instructions = " ".join(args for stage in stages for _, args in stage.instructions)
+    assert not re.search(r"\btorch\b|\btraining\b|\['train'\]", instructions)
+
+
+def test_gpu_image_runs_on_a_cuda_runtime_base() -> None:
+    args, stages = DOCKERFILES["Dockerfile.gpu"]
+    assert re.fullmatch(r"nvidia/cuda:[\d.]+-cudnn-runtime-ubuntu[\d.]+", args["CUDA_IMAGE"])
+    assert {s.base for s in stages} == {"${CUDA_IMAGE}"}
+
+
+@pytest.mark.parametrize("name", SERVING)
+def test_serving_images_check_readiness_and_start_the_service(name: str) -> None:
+    _, stages = DOCKERFILES[name]
+    final = stages[-1]
+    (healthcheck,) = final.all("HEALTHCHECK")
+    assert "http://127.0.0.1:8000/v2/health/ready" in healthcheck
+    assert final.all("EXPOSE") == ["8000"]
+    assert final.all("ENTRYPOINT") == ['["sparsecodes"]']
+    assert final.all("CMD") == ['["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "8000"]']
+
+
+@pytest.mark.parametrize("name", SERVING)
+def test_models_can_be_baked_in_by_a_build_argument(name: str) -> None:
+    _, stages = DOCKERFILES[name]
+    final = stages[-1]
+    assert stage_args(final)["MODELS_DIR"] == "docker/models"
+    assert any("${MODELS_DIR}/ /models/" in c for c in final.all("COPY"))
+
+
+def test_train_image_targets() -> None:
+    _, stages = DOCKERFILES["Dockerfile.train"]
+    names = [s.name for s in stages]
+    assert names[-1] == "train", "the default target (last stage) is the training image"
+    assert {"models", "demo-bundles"} <= set(names)
+    (demo,) = [s for s in stages if s.name == "demo-bundles"]
+    assert demo.all("RUN") == ["sparsecodes demo --models /models"]
+    (models,) = [s for s in stages if s.name == "models"]
+    assert models.base.startswith("busybox:"), "the Helm chart's init container runs `cp` from this image"
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore semantics, enough for an allowlist: the last matching pattern wins."""
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(p, pattern) for p in prefixes):
+            result = not negate
+    return result
+
+
+def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
+    ignore_files = {name: DOCKER / f"{name}.dockerignore" for name in DOCKERFILES}
+    texts = {p.read_text() for p in ignore_files.values()}
+    assert len(texts) == 1, "the three .dockerignore files should stay identical"
+    patterns = [line.strip() for line in texts.pop().splitlines() if line.strip() and not line.startswith("#")]
+    for name, (_, stages) in DOCKERFILES.items():
+        for stage in stages:
+            for source in copied_sources(stage):
+                assert (REPO / source).exists(), f"{name}: COPY {source} does not exist"
+                assert not ignored(source.rstrip("/"), patterns), f"{name}: {source} is excluded from the context"
+    assert ignored(".venv/bin/python", patterns) and ignored("docker/models/README.md", patterns)
+    assert not ignored("bundles/digits-sosae/manifest.json", patterns)
