@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from sparsecodes import __version__
 from sparsecodes import metrics as M
 from training.models import SparseAutoencoder
 from training.normalization import Normalizer
-from training.run import CONFIG_FILE, HELDOUT_FILE, LoadedRun, StagedDir, load_run
+from training.run import CONFIG_FILE, HELDOUT_FILE, LoadedRun, RunError, StagedDir, load_run
 
 N_EXAMPLES = 16
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -61,7 +62,7 @@ def export_run(
     opset = check_opset(opset)
     name = bundle_name(name, run_dir)
     _check_target(run_dir, out, force)
-    run = load_run(run_dir)
+    run = _load(run_dir)
     x_raw = _heldout_rows(run)
     x_n = run.normalizer.apply(x_raw)
     trained_codes = encode_rows(run.model, x_n)
@@ -177,6 +178,15 @@ def _check_target(run_dir: Path, out: Path, force: bool) -> None:
     if run_dir.exists() and (out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents):
         raise ExportError(f"{out} holds the run folder {run_dir}; choose another --out (replacing it would "
                           "delete the run)")
+
+
+def _load(run_dir: Path) -> LoadedRun:
+    try:
+        return load_run(run_dir)
+    except RunError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:  # a damaged heldout.npz, mostly
+        raise ExportError(f"{run_dir}: cannot load the run: {type(e).__name__}: {e}") from None
 
 
 def _heldout_rows(run: LoadedRun) -> np.ndarray:

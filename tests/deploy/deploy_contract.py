@@ -79,5 +79,7 @@ Manifest = dict[str, Any]
 def only(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:
     """The one object of ``kind`` (and ``name``, when given) among ``docs``."""
     found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+    assert len(found) == 1, (
+        f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+    )
     return found[0]

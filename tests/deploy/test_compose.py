@@ -19,8 +19,14 @@ LONG_RUNNING = {"api", "redis", "prometheus", "grafana"}
 def docker_compose(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is missing: run scripts/install-system-deps.sh (make system-deps)"
-    return subprocess.run([binary, *args], capture_output=True, text=True, cwd=cwd, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+    return subprocess.run(
+        [binary, *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(cwd)},
+    )
 
 
 def resolved(*files: Path) -> dict[str, Any]:
@@ -105,7 +111,11 @@ def test_train_profile_writes_the_volume_the_api_reads(compose: dict[str, Any]) 
 
 def test_monitoring_mounts_the_files_in_this_repository(compose: dict[str, Any]) -> None:
     mounts = {
-        name: {v.split(":")[1]: Path(v.split(":")[0]) for v in compose["services"][name]["volumes"] if v.startswith("/")}
+        name: {
+            v.split(":")[1]: Path(v.split(":")[0])
+            for v in compose["services"][name]["volumes"]
+            if v.startswith("/")
+        }
         for name in ("prometheus", "grafana")
     }
     assert mounts["prometheus"]["/etc/prometheus"] == DOCKER / "prometheus"
@@ -116,7 +126,9 @@ def test_monitoring_mounts_the_files_in_this_repository(compose: dict[str, Any])
         relative = Path(rule_file).relative_to("/etc/prometheus")
         assert (DOCKER / "prometheus" / relative).is_file(), rule_file
     home = compose["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    assert (DOCKER / "grafana" / "dashboards" / Path(home).relative_to("/var/lib/grafana/dashboards")).is_file()
+    assert (
+        DOCKER / "grafana" / "dashboards" / Path(home).relative_to("/var/lib/grafana/dashboards")
+    ).is_file()
 
 
 def test_gpu_override_reserves_a_gpu_for_the_gpu_image(compose_gpu: dict[str, Any]) -> None:

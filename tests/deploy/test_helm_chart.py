@@ -64,7 +64,7 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 
 
 def test_the_issue_s_value_sets_are_all_there() -> None:
-    assert REQUIRED_SETS <= VALUE_SETS.keys(), f"missing value sets: {REQUIRED_SETS - VALUE_SETS.keys()}"
+    assert VALUE_SETS.keys() >= REQUIRED_SETS, f"missing value sets: {REQUIRED_SETS - VALUE_SETS.keys()}"
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
@@ -98,7 +98,9 @@ def test_kubernetes_validate_command_accepts_every_rendered_manifest(render: Ren
                 files.append(str(path))
     command = [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet"]
     for version in KUBE_VERSIONS:
-        result = subprocess.run([*command, "-k", version, *files], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [*command, "-k", version, *files], capture_output=True, text=True, timeout=120
+        )
         assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -139,7 +141,10 @@ def test_schema_rejects_a_bad_value(chart: Any, values: dict[str, Any], named: s
 
 CONTRADICTIONS = [
     ({"redis": {"mode": "external"}}, "redis.external.url or redis.external.existingSecret"),
-    ({"redis": {"mode": "external", "external": {"url": "redis://r:6379", "existingSecret": "s"}}}, "not both"),
+    (
+        {"redis": {"mode": "external", "external": {"url": "redis://r:6379", "existingSecret": "s"}}},
+        "not both",
+    ),
     ({"models": {"source": "pvc"}}, "models.pvc.claimName"),
     ({"models": {"source": "initContainer"}}, "models.initContainer.image"),
     ({"auth": {"apiKeys": ["k"], "existingSecret": "s"}}, "auth.apiKeys or auth.existingSecret"),
@@ -169,7 +174,7 @@ def value_lines() -> list[tuple[int, tuple[str, ...], str]]:
         if not text:
             comment = []
         elif text.startswith("#"):
-            comment.append(text)
+            comment.append(text.lstrip("#").strip())
         elif text.startswith("- "):
             list_indent, comment = indent, []
         elif list_indent is not None and indent > list_indent:
@@ -193,21 +198,26 @@ def test_every_value_has_a_comment() -> None:
 
 def test_schema_describes_every_value_and_allows_no_other(chart: Any) -> None:
     schema = chart.schema
-    for _, path, _ in value_lines():
-        node = schema
+    for _, path, comment in value_lines():
+        node, dotted = schema, ".".join(path)
         for key in path:
             if "properties" not in node and isinstance(node.get("additionalProperties"), dict):
                 break  # a free-form map (labels, node selectors): its keys are the user's
-            assert key in node.get("properties", {}), f"values.schema.json has no entry for {'.'.join(path)}"
+            assert key in node.get("properties", {}), f"values.schema.json has no entry for {dotted}"
             node = node["properties"][key]
-            assert node.get("description"), f"values.schema.json: {'.'.join(path)} has no description"
+        else:
+            assert node.get("description") == comment, (
+                f"{dotted}: schema description differs from values.yaml"
+            )
     assert schema["additionalProperties"] is False
     assert schema["properties"]["config"]["additionalProperties"] is False
 
 
 def test_config_block_maps_one_to_one_onto_the_service_settings(chart: Any) -> None:
     config = chart.values["config"]
-    as_env = {"SPARSECODES_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper(): value for key, value in config.items()}
+    as_env = {
+        "SPARSECODES_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper(): value for key, value in config.items()
+    }
     assert set(as_env) == set(SETTINGS) - SECRET_SETTINGS
     for name, value in as_env.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
@@ -220,8 +230,14 @@ def test_chart_config_matches_the_service_settings_class(chart: Any) -> None:
 
     import service.settings as module
 
-    classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, BaseSettings)
-               and c is not BaseSettings and c.__module__ == module.__name__]
+    classes = [
+        c
+        for c in vars(module).values()
+        if isinstance(c, type)
+        and issubclass(c, BaseSettings)
+        and c is not BaseSettings
+        and c.__module__ == module.__name__
+    ]
     assert len(classes) == 1, f"expected one settings class in service.settings, found {classes}"
     settings = classes[0]
     prefix = settings.model_config.get("env_prefix", "")
@@ -279,7 +295,10 @@ def test_pods_are_hardened(render: Render) -> None:
                 assert context["allowPrivilegeEscalation"] is False, (name, container["name"])
                 assert context["readOnlyRootFilesystem"] is True, (name, container["name"])
                 assert context["capabilities"]["drop"] == ["ALL"], (name, container["name"])
-                assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), (name, container["name"])
+                assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), (
+                    name,
+                    container["name"],
+                )
                 assert {"cpu", "memory"} <= container["resources"]["limits"].keys(), (name, container["name"])
 
 
@@ -315,7 +334,9 @@ def test_graceful_shutdown_outlasts_the_drain(render: Render) -> None:
 
 def test_settings_changes_roll_the_pods(render: Render) -> None:
     def checksums(values: dict[str, Any]) -> dict[str, str]:
-        annotations = only(render(values), "Deployment", FULLNAME)["spec"]["template"]["metadata"]["annotations"]
+        annotations = only(render(values), "Deployment", FULLNAME)["spec"]["template"]["metadata"][
+            "annotations"
+        ]
         return {k: v for k, v in annotations.items() if k.startswith("checksum/")}
 
     base = checksums({})
@@ -328,7 +349,9 @@ def test_service_and_pdb_select_the_api_pods(render: Render) -> None:
     pod_labels = only(docs, "Deployment", FULLNAME)["spec"]["template"]["metadata"]["labels"]
     service = only(docs, "Service", FULLNAME)
     assert selects(service["spec"]["selector"], pod_labels)
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+    ]
     pdb = only(docs, "PodDisruptionBudget")
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)
     assert pdb["spec"]["maxUnavailable"] == 1
@@ -368,7 +391,10 @@ def test_models_from_a_pvc_are_mounted_read_only(render: Render) -> None:
     assert "initContainers" not in pod_spec(docs)
     assert models_mount(docs) == {"name": "models", "mountPath": "/models", "readOnly": True, "subPath": "v1"}
     volumes = {v["name"]: v for v in pod_spec(docs)["volumes"]}
-    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "sparsecodes-bundles", "readOnly": True}
+    assert volumes["models"]["persistentVolumeClaim"] == {
+        "claimName": "sparsecodes-bundles",
+        "readOnly": True,
+    }
 
 
 def test_models_from_your_init_container(render: Render) -> None:
@@ -413,7 +439,10 @@ def test_hpa_scales_the_deployment(render: Render) -> None:
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": FULLNAME}
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
-    assert metrics["Resource"]["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}
+    assert metrics["Resource"]["resource"] == {
+        "name": "cpu",
+        "target": {"type": "Utilization", "averageUtilization": 60},
+    }
     assert metrics["Pods"]["pods"]["metric"]["name"] == "sparsecodes_requests_in_flight"
     # The autoscaler owns the replica count; a fixed one would fight it on every upgrade.
     assert "replicas" not in only(docs, "Deployment", FULLNAME)["spec"]
@@ -479,5 +508,8 @@ def test_external_redis_url_comes_from_a_secret(render: Render) -> None:
     by_url = render(values_of("redis-external-url"))
     secret = only(by_url, "Secret")
     assert secret["stringData"] == {"SPARSECODES_REDIS_URL": "redis://:s3cret@redis.cache.svc:6379/0"}
-    assert env_of(api_container(by_url))["SPARSECODES_REDIS_URL"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+    assert (
+        env_of(api_container(by_url))["SPARSECODES_REDIS_URL"]["secretKeyRef"]["name"]
+        == secret["metadata"]["name"]
+    )
     assert "s3cret" not in json.dumps(only(by_url, "ConfigMap"))

@@ -95,7 +95,11 @@ def test_alerts_cover_latency_errors_and_cache() -> None:
 def test_grafana_data_source_is_the_compose_prometheus() -> None:
     provisioning = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
     (source,) = provisioning["datasources"]
-    assert (source["type"], source["url"], source["uid"]) == ("prometheus", "http://prometheus:9090", "prometheus")
+    assert (source["type"], source["url"], source["uid"]) == (
+        "prometheus",
+        "http://prometheus:9090",
+        "prometheus",
+    )
     variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
     assert variables["datasource"]["current"]["value"] == source["uid"]
 
