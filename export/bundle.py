@@ -37,7 +37,7 @@ from training.normalization import Normalizer
 from training.run import CONFIG_FILE, HELDOUT_FILE, LoadedRun, RunError, StagedDir, load_run
 
 N_EXAMPLES = 16
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_OK = re.compile(B.NAME_PATTERN)
 
 
 def export_run(
@@ -54,8 +54,9 @@ def export_run(
     """Export the run at ``run_dir`` as a bundle folder ``out_dir``; returns its manifest.
 
     ``prune=False`` serves every trained latent (no SOSAE cut, no dead-latent pruning), e.g. to compare
-    with the truncated bundle. Raises ``ExportError`` / ``training.run.RunError`` (both ``ValueError``)
-    naming the file and the problem; nothing is left at ``out_dir`` on failure.
+    with the truncated bundle. Raises ``ExportError`` / ``training.run.RunError`` (both ``ValueError``) or,
+    should the finished bundle fail the service's own loader, ``service.bundle.BundleError``, each naming
+    the file and the problem; nothing is left at ``out_dir`` on failure.
     """
     say: Callable[[str], None] = (lambda _: None) if quiet else (lambda m: print(m, file=sys.stderr))
     run_dir, out = Path(run_dir), Path(out_dir)
@@ -76,12 +77,23 @@ def export_run(
         files[B.EXAMPLES_ROLE] = B.EXAMPLES_FILE
         parity, metrics = check_bundle(tmp, files, served, run.normalizer, x_raw, say)
         manifest = verify.write_manifest(
-            tmp, files, name=name, kind=run.config.kind, d_in=run.model.cfg.d_in, d_sae=run.model.d_served,
-            d_served=served.d_served, index_map=[int(i) for i in selection.keep], opset=opset,
-            flops_per_row=flops(run.model, served), parity=parity, metrics=metrics,
-            normalization=normalization(run.normalizer), input_shape=run.config.input_shape,
+            tmp,
+            files,
+            name=name,
+            kind=run.config.kind,
+            d_in=run.model.cfg.d_in,
+            d_sae=run.model.d_served,
+            d_served=served.d_served,
+            index_map=[int(i) for i in selection.keep],
+            opset=opset,
+            flops_per_row=flops(run.model, served),
+            parity=parity,
+            metrics=metrics,
+            normalization=normalization(run.normalizer),
+            input_shape=run.config.input_shape,
             selection=selection_record(run.model, served, selection, x_n, trained_codes),
-            training=run.config.to_dict(), package_version=__version__,
+            training=run.config.to_dict(),
+            package_version=__version__,
         )
     say(f"wrote {out} (version {manifest.version}, fvu {metrics.fvu:.4f}, l0 {metrics.l0_mean:.2f})")
     return manifest
@@ -90,7 +102,9 @@ def export_run(
 # -- steps ----------------------------------------------------------------------------------------------
 
 
-def write_graphs(folder: Path, served: SparseAutoencoder, normalizer: Normalizer, opset: int, fp16: bool) -> dict[str, str]:
+def write_graphs(
+    folder: Path, served: SparseAutoencoder, normalizer: Normalizer, opset: int, fp16: bool
+) -> dict[str, str]:
     """Export every graph into ``folder``; returns role → file name."""
     _require_sparse_hook(served)
     export_encoder(served, normalizer, folder / B.ENCODER_FILE, opset)
@@ -105,7 +119,11 @@ def write_graphs(folder: Path, served: SparseAutoencoder, normalizer: Normalizer
 
 
 def check_bundle(
-    folder: Path, files: dict[str, str], served: SparseAutoencoder, normalizer: Normalizer, x_raw: np.ndarray,
+    folder: Path,
+    files: dict[str, str],
+    served: SparseAutoencoder,
+    normalizer: Normalizer,
+    x_raw: np.ndarray,
     say: Callable[[str], None],
 ) -> tuple[dict[str, B.Parity], B.Metrics]:
     """Checker on every graph, parity per precision, metrics on the fp32 graphs."""
@@ -119,8 +137,10 @@ def check_bundle(
     parity = {}
     for precision, graphs in variants.items():
         parity[precision] = p = verify.measure_parity(served, normalizer, graphs, x_raw, precision)
-        say(f"parity {precision}: max abs {p.max_abs_error:.2e}, max rel {p.max_rel_error:.2e}, "
-            f"boundary ties {p.index_mismatch_rows}/{p.rows_checked} rows")
+        say(
+            f"parity {precision}: max abs {p.max_abs_error:.2e}, max rel {p.max_rel_error:.2e}, "
+            f"boundary ties {p.index_mismatch_rows}/{p.rows_checked} rows"
+        )
     return parity, verify.graph_metrics(variants["fp32"], normalizer, x_raw)
 
 
@@ -128,8 +148,13 @@ def flops(trained: SparseAutoencoder, served: SparseAutoencoder) -> B.Flops:
     full, cut = trained.flops_per_row(), served.flops_per_row()
     W, _ = served.decoder_input_layer()
     per_nnz = 2 * int(W.shape[0])
-    return B.Flops(encoder_full=full["encoder"], encoder_served=cut["encoder"], decoder_dense=cut["decoder"],
-                   decoder_sparse_per_nnz=per_nnz, decoder_sparse_fixed=max(0, cut["decoder"] - per_nnz * served.d_served))
+    return B.Flops(
+        encoder_full=full["encoder"],
+        encoder_served=cut["encoder"],
+        decoder_dense=cut["decoder"],
+        decoder_sparse_per_nnz=per_nnz,
+        decoder_sparse_fixed=max(0, cut["decoder"] - per_nnz * served.d_served),
+    )
 
 
 def normalization(normalizer: Normalizer) -> B.Normalization:
@@ -138,7 +163,11 @@ def normalization(normalizer: Normalizer) -> B.Normalization:
 
 @torch.no_grad()
 def selection_record(
-    trained: SparseAutoencoder, served: SparseAutoencoder, selection: Selection, x_n: np.ndarray, full: np.ndarray
+    trained: SparseAutoencoder,
+    served: SparseAutoencoder,
+    selection: Selection,
+    x_n: np.ndarray,
+    full: np.ndarray,
 ) -> B.LatentSelection:
     """How faithful the served model is to the trained one on the held-out rows ``x_n`` (``full``: the
     trained model's codes of them)."""
@@ -150,9 +179,13 @@ def selection_record(
         return M.mse(x_n, model.decode(torch.from_numpy(code)).numpy())
 
     return B.LatentSelection(
-        method=selection.method, cut_point=selection.cut_point, heldout_rows=len(x_n),
-        dropped_dead=selection.n_dead, rows_changed=int(changed.sum()),
-        mse_trained=mse(trained, full), mse_served=mse(served, cut),
+        method=selection.method,
+        cut_point=selection.cut_point,
+        heldout_rows=len(x_n),
+        dropped_dead=selection.n_dead,
+        rows_changed=int(changed.sum()),
+        mse_trained=mse(trained, full),
+        mse_served=mse(served, cut),
     )
 
 
@@ -163,8 +196,10 @@ def bundle_name(name: str | None, run_dir: Path) -> str:
     """The given name (validated) or one derived from the run folder's name."""
     if name is not None:
         if not _NAME_OK.match(name):
-            raise ExportError(f"bundle name {name!r} is not URL-safe: use 1–64 letters, digits, '.', '_' or '-', "
-                              "starting with a letter or digit")
+            raise ExportError(
+                f"bundle name {name!r} is not URL-safe: use 1–64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
         return name
     derived = re.sub(r"[^A-Za-z0-9._-]+", "-", run_dir.resolve().name).lstrip("._-")[:64]
     return derived or "model"
@@ -175,9 +210,12 @@ def _check_target(run_dir: Path, out: Path, force: bool) -> None:
         raise ExportError(f"{out} already exists; pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder; a bundle is a folder")
-    if run_dir.exists() and (out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents):
-        raise ExportError(f"{out} holds the run folder {run_dir}; choose another --out (replacing it would "
-                          "delete the run)")
+    if run_dir.exists() and (
+        out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents
+    ):
+        raise ExportError(
+            f"{out} holds the run folder {run_dir}; choose another --out (replacing it would delete the run)"
+        )
 
 
 def _load(run_dir: Path) -> LoadedRun:
@@ -191,11 +229,15 @@ def _load(run_dir: Path) -> LoadedRun:
 
 def _heldout_rows(run: LoadedRun) -> np.ndarray:
     if run.heldout is None or len(run.heldout) == 0:
-        raise ExportError(f"{run.path / HELDOUT_FILE}: missing; export needs the run's held-out rows to choose "
-                          "the served latents and to verify the graphs (retrain, or copy it back)")
+        raise ExportError(
+            f"{run.path / HELDOUT_FILE}: missing; export needs the run's held-out rows to choose "
+            "the served latents and to verify the graphs (retrain, or copy it back)"
+        )
     if run.heldout.d_in != run.model.cfg.d_in:
-        raise ExportError(f"{run.path / HELDOUT_FILE}: rows have width {run.heldout.d_in}, the model's d_in is "
-                          f"{run.model.cfg.d_in}")
+        raise ExportError(
+            f"{run.path / HELDOUT_FILE}: rows have width {run.heldout.d_in}, the model's d_in is "
+            f"{run.model.cfg.d_in}"
+        )
     return run.heldout.x
 
 
@@ -205,8 +247,10 @@ def _cut_point(run: LoadedRun, activity: np.ndarray) -> int | None:
     d_sae = run.model.d_served
     if recorded is not None:
         if not isinstance(recorded, int) or not 1 <= recorded <= d_sae:
-            raise ExportError(f"{run.path / CONFIG_FILE}: extras.cut_point must be an integer in [1, {d_sae}], "
-                              f"got {recorded!r}")
+            raise ExportError(
+                f"{run.path / CONFIG_FILE}: extras.cut_point must be an integer in [1, {d_sae}], "
+                f"got {recorded!r}"
+            )
         return recorded
     if not hasattr(run.model, "truncate"):
         return None
@@ -219,5 +263,7 @@ def _require_sparse_hook(model: SparseAutoencoder) -> None:
     try:
         model.decoder_input_layer()
     except NotImplementedError:
-        raise ExportError(f"kind {model.cfg.kind!r} does not implement decoder_input_layer(), which "
-                          f"{B.SPARSE_DECODER_FILE} (the nnz × d_in decode) needs") from None
+        raise ExportError(
+            f"kind {model.cfg.kind!r} does not implement decoder_input_layer(), which "
+            f"{B.SPARSE_DECODER_FILE} (the nnz × d_in decode) needs"
+        ) from None

@@ -5,9 +5,11 @@ The wrappers fold normalisation in as graph ops (``(x − mean) / scale`` in fro
 row cost ``2·d_in`` FLOPs, nothing next to the matmuls, and stay exact for every kind (folding into
 ``W_enc`` would only fit the linear kinds and shift float rounding away from the trained model).
 
-Exporter: the dynamo-based ``torch.onnx.export(..., dynamo=True)`` (torch ≥ 2.9 default). It gives
+Exporter: the dynamo-based ``torch.onnx.export(..., dynamo=True)`` (the default in torch 2.13). It gives
 clean graphs (no ``Identity``/``Constant`` clutter) with a symbolic batch axis; the older TorchScript
-exporter still exists in torch 2.13 but is deprecated and cannot translate the per-row top-k either.
+exporter still exists but is deprecated and cannot translate the per-row top-k either. Two ops get our
+own translation (``TRANSLATIONS``): the stable sort behind ``topk_mask``'s per-row k (SoftSAE), which
+torchlib lacks, and boolean ``where`` (VAEase's active set), which ONNX Runtime's CPU provider lacks.
 
 Latent selection (methods.md, "Truncation"; issue "Truncation and pruning"): a latent is kept when it is
 active on at least one held-out row; SOSAE also keeps only positions before its cut point. The served
@@ -128,8 +130,10 @@ def encode_rows(model: SparseAutoencoder, x_n: np.ndarray) -> np.ndarray:
     """Served codes of normalised rows ``x_n [N, d_in]`` → ``[N, d_served]`` (float32, batched)."""
     model.eval()
     device = next(model.parameters()).device
-    out = [model.encode(torch.from_numpy(x_n[i : i + ENCODE_BATCH]).to(device)).float().cpu().numpy()
-           for i in range(0, len(x_n), ENCODE_BATCH)]
+    out = [
+        model.encode(torch.from_numpy(x_n[i : i + ENCODE_BATCH]).to(device)).float().cpu().numpy()
+        for i in range(0, len(x_n), ENCODE_BATCH)
+    ]
     return np.concatenate(out)
 
 
@@ -222,13 +226,23 @@ def export_graph(
     try:
         with _quiet_exporter(), torch.no_grad():
             torch.onnx.export(
-                module, args, str(path), input_names=input_names, output_names=output_names,
-                dynamic_axes=dynamic, opset_version=opset, dynamo=True, verbose=False, external_data=False,
+                module,
+                args,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+                external_data=False,
                 custom_translation_table=TRANSLATIONS,
             )
     except Exception as e:
-        raise ExportError(f"{path.name}: torch.onnx.export failed for {type(module).__name__} "
-                          f"({type(getattr(module, 'model', module)).__name__}): {e}") from e
+        raise ExportError(
+            f"{path.name}: torch.onnx.export failed for {type(module).__name__} "
+            f"({type(getattr(module, 'model', module)).__name__}): {e}"
+        ) from e
     _name_axes(path, dynamic)
     return path
 
@@ -248,17 +262,35 @@ def _example_rows(d_in: int) -> Tensor:
     return torch.randn(3, d_in, generator=torch.Generator().manual_seed(0))
 
 
-def export_encoder(model: SparseAutoencoder, normalizer: Normalizer, path: Path, opset: int, half: bool = False) -> Path:
+def export_encoder(
+    model: SparseAutoencoder, normalizer: Normalizer, path: Path, opset: int, half: bool = False
+) -> Path:
     wrapper = ServedEncoder(_copy_if(model, half), normalizer, half)
-    return export_graph(wrapper, (_example_rows(model.cfg.d_in),), path, [ENCODER_INPUT], [ENCODER_OUTPUT],
-                        {ENCODER_INPUT: {0: BATCH_AXIS}, ENCODER_OUTPUT: {0: BATCH_AXIS}}, opset)
+    return export_graph(
+        wrapper,
+        (_example_rows(model.cfg.d_in),),
+        path,
+        [ENCODER_INPUT],
+        [ENCODER_OUTPUT],
+        {ENCODER_INPUT: {0: BATCH_AXIS}, ENCODER_OUTPUT: {0: BATCH_AXIS}},
+        opset,
+    )
 
 
-def export_decoder(model: SparseAutoencoder, normalizer: Normalizer, path: Path, opset: int, half: bool = False) -> Path:
+def export_decoder(
+    model: SparseAutoencoder, normalizer: Normalizer, path: Path, opset: int, half: bool = False
+) -> Path:
     wrapper = ServedDecoder(_copy_if(model, half), normalizer, half)
     codes = torch.relu(_example_rows(model.d_served))
-    return export_graph(wrapper, (codes,), path, [DECODER_INPUT], [DECODER_OUTPUT],
-                        {DECODER_INPUT: {0: BATCH_AXIS}, DECODER_OUTPUT: {0: BATCH_AXIS}}, opset)
+    return export_graph(
+        wrapper,
+        (codes,),
+        path,
+        [DECODER_INPUT],
+        [DECODER_OUTPUT],
+        {DECODER_INPUT: {0: BATCH_AXIS}, DECODER_OUTPUT: {0: BATCH_AXIS}},
+        opset,
+    )
 
 
 def export_sparse_decoder(model: SparseAutoencoder, normalizer: Normalizer, path: Path, opset: int) -> Path:
@@ -281,8 +313,10 @@ def check_opset(opset: int | None) -> int:
     if opset is None:
         return DEFAULT_OPSET
     if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is not supported: choose one in [{MIN_OPSET}, {MAX_OPSET}] "
-                          f"(default {DEFAULT_OPSET})")
+        raise ExportError(
+            f"opset {opset} is not supported: choose one in [{MIN_OPSET}, {MAX_OPSET}] "
+            f"(default {DEFAULT_OPSET})"
+        )
     return opset
 
 

@@ -31,8 +31,9 @@ from training.normalization import Normalizer
 
 PARITY_BATCH_SIZES = (1, 7, 1000)
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
-"""Bound on the max absolute and the max relative error (normalised units) for publishing. fp32 graphs
-land near 1e-6; fp16 keeps ~3 significant digits per op, so its bound is loose on purpose."""
+"""Bound on the max absolute and the max relative error (normalised units) for publishing. In the tests
+every kind's fp32 graphs stay below 1e-5 relative; fp16 keeps ~3 significant digits per op and stays
+below 5e-3, so its bound is loose on purpose (it guards against a broken graph, not against rounding)."""
 MAX_TIE_SHARE = {"fp32": 0.01, "fp16": 0.25}
 """Share of checked rows whose active set may differ at a selection boundary (see the module docstring).
 Half precision moves every boundary by ~1e-3 relative, so many more rows sit "on" one."""
@@ -41,7 +42,7 @@ METRIC_BATCH = 1024
 
 @dataclass
 class Graphs:
-    """ONNX Runtime sessions of one precision variant: role → session."""
+    """The ONNX Runtime sessions of one precision variant (fp16 bundles have no sparse decoder variant)."""
 
     encoder: ort.InferenceSession
     decoder: ort.InferenceSession
@@ -75,8 +76,12 @@ def to_coo(codes: np.ndarray) -> dict[str, np.ndarray]:
     """A dense code ``[B, d]`` as the sparse decoder's feeds (``service.bundle.SPARSE_DECODER_INPUTS``)."""
     rows, indices = np.nonzero(codes)
     names = B.SPARSE_DECODER_INPUTS
-    return {names[0]: rows.astype(np.int64), names[1]: indices.astype(np.int64),
-            names[2]: codes[rows, indices].astype(np.float32), names[3]: np.array([len(codes)], dtype=np.int64)}
+    return {
+        names[0]: rows.astype(np.int64),
+        names[1]: indices.astype(np.int64),
+        names[2]: codes[rows, indices].astype(np.float32),
+        names[3]: np.array([len(codes)], dtype=np.int64),
+    }
 
 
 # -- parity -----------------------------------------------------------------------------------------
@@ -93,6 +98,7 @@ class _Errors:
 
     def values(self, got: np.ndarray, ref: np.ndarray, where: np.ndarray | None = None) -> None:
         diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+        diff[np.isnan(diff)] = np.inf  # a NaN must fail the bound, and max() would skip it
         if where is not None:
             diff = np.where(where, diff, 0.0)
         err = float(diff.max(initial=0.0))
@@ -108,7 +114,11 @@ class _Errors:
 
 @torch.no_grad()
 def measure_parity(
-    served: SparseAutoencoder, normalizer: Normalizer, graphs: Graphs, x_raw: np.ndarray, precision: str,
+    served: SparseAutoencoder,
+    normalizer: Normalizer,
+    graphs: Graphs,
+    x_raw: np.ndarray,
+    precision: str,
     batch_sizes: tuple[int, ...] = PARITY_BATCH_SIZES,
 ) -> B.Parity:
     """ONNX Runtime vs the float32 PyTorch wrappers on held-out rows ``x_raw [N, d_in]`` (raw units).
@@ -119,18 +129,24 @@ def measure_parity(
     """
     encoder, decoder = ServedEncoder(served, normalizer).eval(), ServedDecoder(served, normalizer).eval()
     errs = _Errors()
-    scale = normalizer.scale
     for n in batch_sizes:
         x = tile_rows(x_raw, n)
         ref_codes = encoder(torch.from_numpy(x)).numpy()
         errs.codes(graphs.encoder.run(None, {B.ENCODER_INPUT: x})[0], ref_codes)
-        ref_x_hat = decoder(torch.from_numpy(ref_codes)).numpy() / scale
-        errs.values(graphs.decoder.run(None, {B.DECODER_INPUT: ref_codes})[0] / scale, ref_x_hat)
+        ref_x_hat = normalised(decoder(torch.from_numpy(ref_codes)).numpy(), normalizer)
+        errs.values(
+            normalised(graphs.decoder.run(None, {B.DECODER_INPUT: ref_codes})[0], normalizer), ref_x_hat
+        )
         if graphs.decoder_sparse is not None:
-            errs.values(graphs.decoder_sparse.run(None, to_coo(ref_codes))[0] / scale, ref_x_hat)
+            sparse = graphs.decoder_sparse.run(None, to_coo(ref_codes))[0]
+            errs.values(normalised(sparse, normalizer), ref_x_hat)
     parity = B.Parity(
-        max_abs_error=errs.max_abs, max_rel_error=errs.max_rel, tolerance=TOLERANCE[precision],
-        batch_sizes=list(batch_sizes), index_mismatch_rows=errs.mismatch_rows, rows_checked=errs.rows,
+        max_abs_error=errs.max_abs,
+        max_rel_error=errs.max_rel,
+        tolerance=TOLERANCE[precision],
+        batch_sizes=list(batch_sizes),
+        index_mismatch_rows=errs.mismatch_rows,
+        rows_checked=errs.rows,
     )
     _enforce(parity, precision)
     return parity
@@ -154,6 +170,11 @@ def _enforce(parity: B.Parity, precision: str) -> None:
 # -- metrics on the graphs -----------------------------------------------------------------------------
 
 
+def normalised(x_hat: np.ndarray, normalizer: Normalizer) -> np.ndarray:
+    """A raw-unit reconstruction back in normalised units (float64, so no rounding is added)."""
+    return (x_hat.astype(np.float64) - normalizer.mean) / normalizer.scale
+
+
 def graph_outputs(graphs: Graphs, x_raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(codes [N, d_served], x_hat [N, d_in] raw)`` from the graphs, batched."""
     codes, x_hat = [], []
@@ -167,8 +188,7 @@ def graph_outputs(graphs: Graphs, x_raw: np.ndarray) -> tuple[np.ndarray, np.nda
 def graph_metrics(graphs: Graphs, normalizer: Normalizer, x_raw: np.ndarray) -> B.Metrics:
     """mse, fvu, l0 of the served code, measured on the exported graphs in normalised units."""
     codes, x_hat = graph_outputs(graphs, x_raw)
-    x_hat_n = (x_hat.astype(np.float64) - normalizer.mean) / normalizer.scale
-    summary = M.summarize(normalizer.apply(x_raw), x_hat_n, codes)
+    summary = M.summarize(normalizer.apply(x_raw), normalised(x_hat, normalizer), codes)
     return B.Metrics(**summary.to_dict())
 
 
@@ -185,12 +205,14 @@ def write_manifest(folder: Path, files: dict[str, str], **fields: Any) -> B.Mani
     entries = file_entries(folder, files)
     graph_entries = {r: e for r, e in entries.items() if r in B.GRAPH_FILES}
     try:
-        manifest = B.Manifest(files=entries, version=B.content_version(graph_entries), created_at=B.now_iso(),
-                              **fields)
+        manifest = B.Manifest(
+            files=entries, version=B.content_version(graph_entries), created_at=B.now_iso(), **fields
+        )
     except ValueError as e:
-        raise ExportError(f"{B.MANIFEST_FILE}: the export produced a manifest the schema rejects: {e}") from None
+        raise ExportError(
+            f"{B.MANIFEST_FILE}: the export produced a manifest the schema rejects: {e}"
+        ) from None
     B.write_manifest(folder, manifest)
     loaded = B.load_manifest(folder)
     B.open_sessions(folder, loaded)
     return loaded
-

@@ -36,7 +36,7 @@ from service.errors import (
 from service.logs import configure_logging
 from service.runtime import load_models, resolve_providers
 from service.settings import Settings
-from service.web import DOC_MODELS, json_response
+from service.web import DOC_MODELS, PROTECTED_PREFIXES, ApiKeyAuth, json_response
 
 log = logging.getLogger("sparsecodes.app")
 
@@ -49,14 +49,25 @@ DESCRIPTION = """Variable-length sparse codes from adaptive sparse autoencoders,
 """
 
 
+class InFlight:
+    """Requests being handled now (a plain counter the batcher reads on every batch)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        return self.n
+
+
 class RequestContext:
-    """Pure ASGI middleware: request id, in-flight gauge, latency histogram, one log line per request."""
+    """Pure ASGI middleware: request id, in-flight count, latency histogram, one log line per request."""
 
     QUIET_ROUTES = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"})
 
-    def __init__(self, app: ASGIApp, known_models: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, app: ASGIApp, known_models: Callable[[], dict[str, Any]], in_flight: InFlight) -> None:
         self.app = app
         self.known_models = known_models
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -75,9 +86,11 @@ class RequestContext:
             await send(message)
 
         metrics.REQUESTS_IN_FLIGHT.inc()
+        self.in_flight.n += 1
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self.in_flight.n -= 1
             metrics.REQUESTS_IN_FLIGHT.dec()
             self._record(scope, rid, status, time.perf_counter() - start)
 
@@ -113,12 +126,9 @@ def _request_id(request: Request) -> str | None:
 
 
 def _error_response(request: Request, error: ServiceError, headers: dict[str, str] | None = None) -> Response:
-    rid = _request_id(request)
-    response = json_response(error_body(error, rid), status_code=status_of(error))
+    response = json_response(error_body(error, _request_id(request)), status_code=status_of(error))
     if headers:
         response.headers.update(headers)
-    if rid:
-        response.headers["x-request-id"] = rid
     return response
 
 
@@ -148,7 +158,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         rid = _request_id(request)
         log.error("unhandled error: %s", exc, exc_info=exc, extra={"request_id": rid})
-        return _error_response(request, InternalError(f"internal error; quote request id {rid} when reporting it"))
+        # This handler answers outside the request-context middleware, so it sets the id header itself.
+        error = InternalError(f"internal error; quote request id {rid} when reporting it")
+        return _error_response(request, error, {"x-request-id": rid} if rid else None)
 
 
 def _flip_readiness_on_sigterm(app: FastAPI) -> Callable[[], None]:
@@ -181,7 +193,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         if not models:
             log.warning("no servable bundle under %s (%d skipped); readiness stays false", settings.model_dir, len(problems))
         app.state.problems = problems
-        engine = Engine(models, settings, make_cache(settings))
+        engine = Engine(models, settings, make_cache(settings), load=app.state.in_flight)
         app.state.engine = engine
         engine.ready = True
         restore = _flip_readiness_on_sigterm(app)
@@ -206,6 +218,13 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(doc.pop("$defs", {}))
                 components[model.__name__] = doc
+            schema["components"]["securitySchemes"] = {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "A key from SPARSECODES_API_KEYS, when set."}
+            }
+            for path, operations in schema["paths"].items():
+                if path.startswith(PROTECTED_PREFIXES):
+                    for operation in operations.values():
+                        operation["security"] = [{"apiKey": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -220,6 +239,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings.log_format, settings.log_level)
     app = FastAPI(title="sparsecodes", version=__version__, description=DESCRIPTION, lifespan=_lifespan(settings))
     app.state.settings = settings
+    app.state.in_flight = InFlight()
     app.include_router(routes.router)
     app.include_router(oip.health)
     app.include_router(oip.router)
@@ -230,7 +250,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(body, media_type=content_type)
 
     _install_error_handlers(app)
-    app.add_middleware(RequestContext, known_models=lambda: getattr(getattr(app.state, "engine", None), "models", {}))
+
+    def unauthorized(scope: Scope, error: ServiceError) -> Response:
+        response = json_response(error_body(error, scope.get("state", {}).get("request_id")), status_code=status_of(error))
+        response.headers["www-authenticate"] = "Bearer"
+        return response
+
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, on_error=unauthorized)
+    app.add_middleware(
+        RequestContext,
+        known_models=lambda: getattr(getattr(app.state, "engine", None), "models", {}),
+        in_flight=app.state.in_flight,
+    )
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

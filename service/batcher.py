@@ -5,6 +5,10 @@ then gathers more until the batch holds ``max_batch_size`` rows or ``max_wait_s`
 concatenated batch in a worker thread (never on the event loop) and hands each request its own rows of
 the result. While one batch runs, new requests queue up, so under load batches fill without waiting.
 A request with ``max_batch_size`` rows or more runs on its own at once.
+
+Waiting only pays when company is coming: given ``load`` (the number of requests the server is handling
+now), the collector stops waiting as soon as every request in the server is already queued, so a lone
+request is not delayed by ``max_wait_s``.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ class Batcher(Generic[R]):
         max_batch_size: int,
         max_wait_s: float,
         name: str = "",
+        load: Callable[[], int] | None = None,
     ) -> None:
         self.fn = fn
+        self.load = load
         self.take = take
         self.executor = executor
         self.max_batch_size = max_batch_size
@@ -74,7 +80,11 @@ class Batcher(Generic[R]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = loop.time() + self.max_wait_s
-            while self._rows_queued() < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
+            while (
+                self._rows_queued() < self.max_batch_size
+                and self._company_expected()
+                and (remaining := deadline - loop.time()) > 0
+            ):
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
@@ -82,6 +92,10 @@ class Batcher(Generic[R]):
                     break
             batch = self._pop_batch()
             await self._run(batch)
+
+    def _company_expected(self) -> bool:
+        """Could another request still join this batch? (Always assumed when no load signal is given.)"""
+        return self.load is None or self.load() > len(self._queue)
 
     def _rows_queued(self) -> int:
         return sum(len(p.x) for p in self._queue)

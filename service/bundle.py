@@ -45,6 +45,8 @@ SPARSE_DECODER_INPUTS = ("rows", "indices", "values", "n_rows")
 [nnz], ``n_rows`` int64 [1]; output ``x_hat`` [n_rows, d_in]."""
 
 REQUIRED_ROLES = ("encoder", "decoder")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A model name: URL-safe, 1–64 characters, starting with a letter or digit."""
 GRAPH_FILES: dict[str, str] = {
     "encoder": ENCODER_FILE,
     "decoder": DECODER_FILE,
@@ -145,7 +147,7 @@ class LatentSelection(_Strict):
 
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="URL-safe model name.")
+    name: str = Field(pattern=NAME_PATTERN, description="URL-safe model name.")
     version: str = Field(description="Content hash of the graph files (first 16 hex digits of a sha256).")
     kind: str
     d_in: int = Field(gt=0)

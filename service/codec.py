@@ -71,7 +71,7 @@ def b64(array: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
 
 
-def _numbers(value: Any, field: str) -> np.ndarray:
+def numbers(value: Any, field: str) -> np.ndarray:
     """A JSON array of numbers (any nesting) → float64/int64 array; strings, null, ragged rows rejected."""
     try:
         array = np.array(value)
@@ -103,7 +103,7 @@ def float_matrix(value: Any, d: int, field: str, max_rows: int) -> np.ndarray:
     elif isinstance(value, list):
         if value and not isinstance(value[0], list):
             raise InvalidInput(f"{field} must be a list of rows (a list of lists of numbers), e.g. [[0.1, 0.2, ...]]")
-        x = _numbers(value, field)
+        x = numbers(value, field)
         if x.size == 0:
             x = x.reshape(len(value), -1 if len(value) else d)
     else:
@@ -121,7 +121,8 @@ def check_matrix(x: np.ndarray, d: int, field: str, max_rows: int) -> np.ndarray
         raise PayloadTooLarge(f"{field} has {x.shape[0]} rows; at most {max_rows} per request (split the batch)")
     if x.shape[1] != d:
         raise InvalidInput(f"{field} rows have {x.shape[1]} values but the model expects d_in={d}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is reported just below
+        x = np.ascontiguousarray(x, dtype=np.float32)
     finite = np.isfinite(x)
     if not finite.all():
         row, col = map(int, np.argwhere(~finite)[0])
@@ -165,7 +166,7 @@ def _int_vector(value: Any, dtype: str, field: str) -> np.ndarray:
         return b64_array(value, dtype, field).astype(np.int64)
     if not isinstance(value, list):
         raise InvalidInput(f"{field} must be a list of integers or a base64 string")
-    array = _numbers(value, field) if value else np.zeros(0, np.int64)
+    array = numbers(value, field) if value else np.zeros(0, np.int64)
     if array.ndim != 1 or array.dtype.kind not in "iu":
         raise InvalidInput(f"{field} must be a flat list of integers")
     return array.astype(np.int64)
@@ -175,7 +176,7 @@ def _float_vector(value: Any, field: str) -> np.ndarray:
     if isinstance(value, str):
         array = b64_array(value, "<f4", field)
     elif isinstance(value, list):
-        array = _numbers(value, field) if value else np.zeros(0, np.float32)
+        array = numbers(value, field) if value else np.zeros(0, np.float32)
         if array.ndim != 1:
             raise InvalidInput(f"{field} must be a flat list of numbers")
     else:

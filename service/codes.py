@@ -52,10 +52,14 @@ class SparseCodes:
     @classmethod
     def from_dense(cls, codes: np.ndarray) -> SparseCodes:
         """Keep the nonzero entries of ``codes [n, d]`` (exact zeros are inactive latents)."""
-        rows, cols = np.nonzero(codes)
-        indptr = np.zeros(codes.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=codes.shape[0]), out=indptr[1:])
-        return cls(indptr, cols.astype(np.int32), codes[rows, cols].astype(np.float32, copy=False))
+        n, d = codes.shape
+        # A boolean mask and flat positions: several times faster than np.nonzero on the float matrix.
+        active = codes != 0
+        flat = np.flatnonzero(active)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.count_nonzero(active, axis=1), out=indptr[1:])
+        values = codes.reshape(-1)[flat].astype(np.float32, copy=False)
+        return cls(indptr, (flat % d).astype(np.int32), values)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[np.ndarray, np.ndarray]]) -> SparseCodes:

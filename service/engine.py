@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,7 +35,14 @@ def make_cache(settings: Settings) -> CodeCache | None:
 class Engine:
     """Loaded models plus the machinery shared by the routes. Create inside a running event loop."""
 
-    def __init__(self, models: dict[str, ModelRuntime], settings: Settings, cache: CodeCache | None) -> None:
+    def __init__(
+        self,
+        models: dict[str, ModelRuntime],
+        settings: Settings,
+        cache: CodeCache | None,
+        load: Callable[[], int] | None = None,
+    ) -> None:
+        """``load`` returns how many requests the server is handling now (lets batches skip a useless wait)."""
         self.models = models
         self.settings = settings
         self.cache = cache
@@ -50,6 +58,7 @@ class Engine:
                     max_batch_size=settings.max_batch_size,
                     max_wait_s=settings.max_wait_ms / 1000,
                     name=name,
+                    load=load,
                 )
             MODEL_INFO.labels(model=name, version=m.manifest.version, kind=m.manifest.kind, provider=m.provider).set(1)
 

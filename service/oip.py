@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from service import codec
 from service.errors import InvalidInput, UnknownModel, UnsupportedMediaType
@@ -23,7 +23,6 @@ from service.web import (
     engine_of,
     json_response,
     read_payload,
-    require_api_key,
     settings_of,
 )
 
@@ -33,7 +32,7 @@ ALL_OUTPUTS = (*CODE_OUTPUTS, "x_hat")
 _FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
 
 health = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=ERROR_RESPONSES)
 
 
 @health.get("", response_model=ServerMetadata, summary="Server metadata")
@@ -78,14 +77,22 @@ def _versioned(m: ModelRuntime, version: str | None) -> ModelRuntime:
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, summary="Model metadata")
-@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, include_in_schema=False)
-async def model_metadata(name: str, request: Request, version: str | None = None) -> Response:
+async def model_metadata(name: str, request: Request) -> Response:
+    return json_response(_metadata(engine_of(request).model(name)))
+
+
+@router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, summary="Model metadata (one version)")
+async def model_version_metadata(name: str, version: str, request: Request) -> Response:
     return json_response(_metadata(_versioned(engine_of(request).model(name), version)))
 
 
 @router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
-async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
+async def model_ready(name: str, request: Request) -> Response:
+    return json_response({"name": engine_of(request).model(name).name, "ready": True})
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
+async def model_version_ready(name: str, version: str, request: Request) -> Response:
     m = _versioned(engine_of(request).model(name), version)
     return json_response({"name": m.name, "ready": True})
 
@@ -104,7 +111,7 @@ def _input_x(body: dict[str, Any], d_in: int, max_rows: int) -> np.ndarray:
         raise InvalidInput(f"input x has shape {shape!r}; expected [n, {d_in}]")
     if "data" not in t:
         raise InvalidInput("input x has no 'data' (the binary tensor extension is not supported; send JSON data)")
-    data = codec._numbers(t["data"], "x.data") if t["data"] else np.zeros(0)
+    data = codec.numbers(t["data"], "x.data") if t["data"] else np.zeros(0)
     if data.size != shape[0] * shape[1]:
         raise InvalidInput(f"input x has {data.size} values but its shape {shape} needs {shape[0] * shape[1]}")
     return codec.check_matrix(data.reshape(shape), d_in, "x", max_rows)
@@ -137,10 +144,22 @@ def _max_active(body: dict[str, Any]) -> int | None:
     summary="Inference (KServe v2 JSON)",
     openapi_extra=body_doc(InferRequest, None, "not supported: send JSON tensors"),
 )
-@router.post("/models/{name}/versions/{version}/infer", response_model=InferResponse, include_in_schema=False)
-async def infer(name: str, request: Request, version: str | None = None) -> Response:
+async def infer(name: str, request: Request) -> Response:
+    return await _infer(request, engine_of(request).model(name))
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=InferResponse,
+    summary="Inference (one version)",
+    openapi_extra=body_doc(InferRequest, None, "not supported: send JSON tensors"),
+)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    return await _infer(request, _versioned(engine_of(request).model(name), version))
+
+
+async def _infer(request: Request, m: ModelRuntime) -> Response:
     engine, settings = engine_of(request), settings_of(request)
-    m = _versioned(engine.model(name), version)
     payload = await read_payload(request, settings)
     if payload.binary:
         raise UnsupportedMediaType("the v2 endpoint takes JSON tensors; use /v1 for the binary encoding")

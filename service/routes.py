@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from service import codec
 from service.codes import SparseCodes
@@ -33,13 +33,12 @@ from service.web import (
     json_response,
     options,
     read_payload,
-    require_api_key,
     settings_of,
     use_base64,
     wants_binary,
 )
 
-router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_api_key)], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1", tags=["v1"], responses=ERROR_RESPONSES)
 
 _BINARY_INPUTS = "safetensors layout holding tensor 'inputs' (F32 [n, d_in]); options as query parameters."
 _BINARY_CODES = "safetensors layout holding 'indptr' (I64 [n+1]), 'indices' (I32/I64 [nnz]), 'values' (F32 [nnz])."

@@ -4,13 +4,14 @@ parsing, API-key auth, and the OpenAPI description of raw-body endpoints."""
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import Depends, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Request, Response
 from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import codec
 from service.engine import Engine
@@ -123,24 +124,42 @@ def binary_response(tensors: dict[str, np.ndarray], metadata: dict[str, str]) ->
 
 # -- auth ----------------------------------------------------------------------------------------------
 
-_bearer = HTTPBearer(auto_error=False, description="An API key from SPARSECODES_API_KEYS (when set).")
+PROTECTED_PREFIXES = ("/v1/", "/v2/models")
+"""Paths that need an API key when keys are configured; probes (/v2/health/*), /v2, /metrics and the docs
+stay open so that Kubernetes and Prometheus need no secret."""
 
 
-async def require_api_key(
-    request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
-) -> None:
-    keys = settings_of(request).api_keys
-    if not keys:
-        return
-    if credentials is None:
+def check_api_key(authorization: str | None, keys: list[str]) -> None:
+    """Raise ``Unauthorized`` unless ``authorization`` is ``Bearer <one of keys>`` (constant-time compare)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-    given = credentials.credentials.encode()
-    # Compare against every key in constant time, without stopping at the first match.
+    token = given.strip().encode()
+    # Compare against every key without stopping at the first match, so timing reveals nothing.
     accepted = False
     for key in keys:
-        accepted |= hmac.compare_digest(given, key.encode())
+        accepted |= hmac.compare_digest(token, key.encode())
     if not accepted:
         raise Unauthorized("API key not accepted")
+
+
+class ApiKeyAuth:
+    """Pure ASGI middleware (cheaper than a per-route dependency): 401 for protected paths without a key."""
+
+    def __init__(self, app: ASGIApp, keys: list[str], on_error: Callable[[Scope, Unauthorized], Response]) -> None:
+        self.app = app
+        self.keys = keys
+        self.on_error = on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.keys and scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
+            header = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), None)
+            try:
+                check_api_key(header, self.keys)
+            except Unauthorized as e:
+                await self.on_error(scope, e)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # -- OpenAPI for raw-body endpoints ----------------------------------------------------------------------

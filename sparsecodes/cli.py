@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("service.cli", "serve the bundles in a model folder over HTTP"),
     "demo": ("training.demo", "train and export the small demo bundles into a model folder"),
     "bench": ("sparsecodes.bench", "benchmarks: train, export, serve"),
+    "reproduce": ("training.reproduce", "reproduce a paper's claim end to end (seeded; --quick for CI)"),
 }
 
 

@@ -13,8 +13,14 @@ import pytest
 # point lies well inside d_sae and truncation has something to remove (a low-rank set: 3 × 4-dim
 # subspaces of R^40). Every other kind uses the shared tiny defaults (digits, tests/conftest.py).
 RUN_OPTIONS: dict[str, dict[str, Any]] = {
-    "sosae": {"data": "subspaces", "data_options": {"n": 2000}, "steps": 300, "d_sae": 48, "push_coef": 0.3,
-              "push_ratio": 100.0},
+    "sosae": {
+        "data": "subspaces",
+        "data_options": {"n": 2000},
+        "steps": 300,
+        "d_sae": 48,
+        "push_coef": 0.3,
+        "push_ratio": 100.0,
+    },
 }
 
 

@@ -244,7 +244,7 @@ def test_metrics_expose_the_histograms_filled_by_requests(server: Server) -> Non
         "sparsecodes_model_info{",
     ):
         assert family in text, family
-    assert f'route="/v1/models/{{name}}/encode",status="200"' in text.replace(f'model="{name}",', "")
+    assert 'route="/v1/models/{name}/encode",status="200"' in text.replace(f'model="{name}",', "")
     assert 'sparsecodes_model_info{kind="softsae",model="digits-softsae",provider="CPUExecutionProvider"' in text
 
 
