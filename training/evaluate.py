@@ -16,8 +16,6 @@ from training.normalization import Normalizer
 
 PROBE_ROWS = 5000
 """The probe trains on at most this many training rows (keeps evaluation quick on large sets)."""
-ACTIVITY_THRESHOLD = 1e-3
-"""SOSAE: a position counts as used when active on more than this share of held-out rows."""
 
 
 @dataclass
@@ -109,7 +107,8 @@ def truncation_check(sae: SparseAutoencoder, enc: Encoded) -> dict[str, Any]:
     """SOSAE: the cut point from held-out activity, and what truncating there does to the error."""
     from training.models.sosae import cut_point
 
-    K = cut_point(M.activity(enc.code), ACTIVITY_THRESHOLD)
+    threshold = sae.cfg.cut_threshold  # type: ignore[attr-defined]
+    K = cut_point(M.activity(enc.code), threshold)
     small = sae.truncate(K)
     device = next(sae.parameters()).device
     x = torch.from_numpy(enc.x).to(device)
@@ -117,7 +116,7 @@ def truncation_check(sae: SparseAutoencoder, enc: Encoded) -> dict[str, Any]:
     mse_full, mse_cut = M.mse(enc.x, enc.x_hat), M.mse(enc.x, x_hat)
     return {
         "cut_point": int(K),
-        "threshold": ACTIVITY_THRESHOLD,
+        "threshold": threshold,
         "mse_full": mse_full,
         "mse_truncated": mse_cut,
         "relative_mse_change": abs(mse_cut - mse_full) / max(mse_full, 1e-12),

@@ -98,8 +98,11 @@ class VAEaseConfig(SAEConfig):
 
     hidden: list[int] = field(default_factory=lambda: [600])
     """Widths of the encoder's Swish hidden layers, input side first (``[]``: linear heads on ``x``)."""
-    log_gamma_init: float = 0.0
-    """Initial ``log γ`` (the decoder's learned scalar variance, in normalised units)."""
+    log_gamma_init: float | None = None
+    """Initial ``log γ`` (the decoder's learned scalar variance). None: ``−log d_in``, the optimum for
+    the first steps on normalised data (mean squared norm 1, so the initial mse is about 1 and the
+    best ``γ = mse / d_in``); starting at ``γ = 1`` instead wastes the first few hundred steps in a
+    collapsed posterior and the plain VAE then often stalls with too few active latents."""
     d_trained: int | None = None
     """Trained latent width when this config describes a model narrowed by ``select_latents`` (the
     ``log σ²`` head and the AD split keep that width); None means ``d_sae``."""
@@ -109,7 +112,7 @@ class VAEaseConfig(SAEConfig):
         self.hidden = list(self.hidden)
         if any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.hidden):
             raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
-        if not math.isfinite(self.log_gamma_init):
+        if self.log_gamma_init is not None and not math.isfinite(self.log_gamma_init):
             raise ValueError(f"log_gamma_init must be finite, got {self.log_gamma_init}")
         if self.d_trained is not None and self.d_trained < self.d_sae:
             raise ValueError(f"d_trained ({self.d_trained}) cannot be below d_sae ({self.d_sae})")
@@ -139,7 +142,8 @@ class VAEase(SparseAutoencoder):
         nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))  # nn.Linear's default
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        self.log_gamma = nn.Parameter(torch.tensor(float(cfg.log_gamma_init)))
+        log_gamma = -math.log(cfg.d_in) if cfg.log_gamma_init is None else cfg.log_gamma_init
+        self.log_gamma = nn.Parameter(torch.tensor(float(log_gamma)))
         # Trained indices of the served latents: the AD split runs over all d_trained latents and is
         # then gathered here, so a narrowed model serves exactly the full model's values.
         self.register_buffer("kept", torch.arange(cfg.d_sae))
