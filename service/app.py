@@ -202,6 +202,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             yield
         finally:
             restore()
+            app.state.engine = None
             await engine.close()
 
     return lifespan

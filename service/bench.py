@@ -206,9 +206,17 @@ async def cache_miss_hit(port: int, name: str, d_in: int, batches: int) -> dict[
 # -- the bench bundle ----------------------------------------------------------------------------------------
 
 
+def build_bundle_elsewhere(out: Path, d_in: int, d_sae: int, k: int) -> Path:
+    """:func:`build_bundle` in a child process, so that torch (and its spinning thread pools) never share
+    the bench process with the in-process ONNX Runtime ceiling."""
+    code = f"from pathlib import Path; from service.bench import build_bundle; build_bundle(Path({str(out)!r}), {d_in}, {d_sae}, {k})"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    return out / "models" / "bench-topk"
+
+
 def build_bundle(out: Path, d_in: int, d_sae: int, k: int) -> Path:
     """A TopK bundle built through the training registry and export (a few steps on random rows; for
-    timing only). Imports the training code: this runs in the bench process, never in the server."""
+    timing only). Imports the training code: never in the server."""
     from export.bundle import export_run
     from training.trainer import train_run
 
@@ -227,10 +235,10 @@ def build_bundle(out: Path, d_in: int, d_sae: int, k: int) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="sparsecodes-bench-") as tmp:
-        bundle = args.bundle or build_bundle(Path(tmp) / "main", args.d_in, args.d_sae, args.k)
+        bundle = args.bundle or build_bundle_elsewhere(Path(tmp) / "main", args.d_in, args.d_sae, args.k)
         results = measure(bundle, args)
         if args.heavy:
-            heavy = build_bundle(Path(tmp) / "heavy", args.heavy_d_in, args.heavy_d_sae, args.k)
+            heavy = build_bundle_elsewhere(Path(tmp) / "heavy", args.heavy_d_in, args.heavy_d_sae, args.k)
             results["heavy"] = measure_batching(heavy, args)
     results["targets"] = verdicts(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,10 @@
 """The per-row code cache: one interface, two implementations.
 
-A cached value is one row's sparse code stored compactly: its ``nnz`` indices as little-endian int32
-followed by its ``nnz`` values as little-endian float32 (8 bytes per active latent, no JSON). Keys are
-built by the caller from the bundle version, the options that change the code and a hash of the row.
+A cached value is one row's sparse code stored compactly: ``nnz`` pairs of (index little-endian int32,
+value little-endian float32), 8 bytes per active latent, no JSON. Pairs (rather than all indices then all
+values) let a batch of cached rows be joined into one buffer and read back with a single ``frombuffer``.
+Keys are built by the caller from the bundle version, the options that change the code and a hash of
+the row.
 
 * :class:`LRUCache`: in process, bounded by entry count; the default, so the service needs nothing else.
 * :class:`RedisCache`: shared across replicas through ``redis.asyncio`` (pipelined ``MGET``/``SET EX``).
@@ -20,20 +22,32 @@ from typing import Protocol
 
 import numpy as np
 
+from service.codes import SparseCodes
 from service.metrics import CACHE_REQUESTS
 
 log = logging.getLogger("sparsecodes.cache")
 
 
-def pack_code(indices: np.ndarray, values: np.ndarray) -> bytes:
-    """One row's code → bytes: int32 indices then float32 values, little-endian."""
-    return indices.astype("<i4", copy=False).tobytes() + values.astype("<f4", copy=False).tobytes()
+PAIR = np.dtype([("index", "<i4"), ("value", "<f4")])
+"""One active latent as stored in the cache."""
 
 
-def unpack_code(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`pack_code` → ``(indices int32 [nnz], values float32 [nnz])``."""
-    nnz = len(blob) // 8
-    return np.frombuffer(blob, "<i4", nnz), np.frombuffer(blob, "<f4", nnz, offset=4 * nnz)
+def pack_rows(codes: SparseCodes) -> list[bytes]:
+    """Each row of a batch of codes → its cache value (``nnz`` index/value pairs)."""
+    pairs = np.empty(codes.nnz, dtype=PAIR)
+    pairs["index"] = codes.indices
+    pairs["value"] = codes.values
+    raw = pairs.tobytes()
+    bounds = (codes.indptr * PAIR.itemsize).tolist()
+    return [raw[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def unpack_rows(blobs: list[bytes]) -> SparseCodes:
+    """Cache values of several rows → one batch of codes (inverse of :func:`pack_rows`)."""
+    pairs = np.frombuffer(b"".join(blobs), dtype=PAIR)
+    indptr = np.zeros(len(blobs) + 1, dtype=np.int64)
+    np.cumsum([len(b) // PAIR.itemsize for b in blobs], out=indptr[1:])
+    return SparseCodes(indptr, pairs["index"].astype(np.int32), pairs["value"].astype(np.float32))
 
 
 class CodeCache(Protocol):

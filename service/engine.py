@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from service.batcher import Batcher
-from service.cache import CodeCache, LRUCache, RedisCache, pack_code, unpack_code
+from service.cache import CodeCache, LRUCache, RedisCache, pack_rows, unpack_rows
 from service.codes import SparseCodes
 from service.errors import UnknownModel
 from service.metrics import ACTIVE_DIMS, MODEL_INFO, RECONSTRUCTION_ERROR, observe_many
@@ -93,19 +93,19 @@ class Engine:
     async def _encode_cached(self, m: ModelRuntime, x: np.ndarray, max_active: int | None) -> SparseCodes:
         assert self.cache is not None
         keys = self._keys(m, x, max_active)
-        cached = await self.cache.get_many(keys)
-        missing = [i for i, blob in enumerate(cached) if blob is None]
+        blobs = await self.cache.get_many(keys)
+        missing = [i for i, blob in enumerate(blobs) if blob is None]
         if not missing:
-            return SparseCodes.from_rows([unpack_code(blob) for blob in cached])  # type: ignore[arg-type]
-        x_miss = x if len(missing) == len(x) else x[missing]
-        fresh = (await self._infer(m, x_miss)).cap(max_active)
-        await self.cache.set_many([(keys[i], pack_code(*fresh.row(j))) for j, i in enumerate(missing)])
+            return unpack_rows(blobs)  # type: ignore[arg-type]
+        # Inference runs only for the rows the cache did not have.
+        fresh = (await self._infer(m, x if len(missing) == len(x) else x[missing])).cap(max_active)
+        packed = pack_rows(fresh)
+        await self.cache.set_many([(keys[i], blob) for i, blob in zip(missing, packed, strict=True)])
         if len(missing) == len(x):
             return fresh
-        rows: list[tuple[np.ndarray, np.ndarray]] = [unpack_code(b) if b is not None else None for b in cached]  # type: ignore[misc]
-        for j, i in enumerate(missing):
-            rows[i] = fresh.row(j)
-        return SparseCodes.from_rows(rows)
+        for i, blob in zip(missing, packed, strict=True):
+            blobs[i] = blob
+        return unpack_rows(blobs)  # type: ignore[arg-type]
 
     async def decode(self, m: ModelRuntime, codes: SparseCodes) -> np.ndarray:
         """Codes → ``x_hat [n, d_in]`` raw units, off the event loop."""

@@ -30,9 +30,11 @@ OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 def engine_of(request: Request) -> Engine:
+    """The running engine. Not gated on readiness: after SIGTERM readiness is off (no new traffic is
+    routed here) but requests already on their way are still served until uvicorn stops."""
     engine: Engine | None = getattr(request.app.state, "engine", None)
-    if engine is None or not engine.ready:
-        raise NotReady("models are not loaded (starting up or shutting down); retry shortly")
+    if engine is None:
+        raise NotReady("models are not loaded (starting up or shut down); retry shortly")
     return engine
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import redis
 
 from service import codec
-from service.cache import LRUCache, pack_code, unpack_code
+from service.cache import LRUCache, pack_rows, unpack_rows
+from service.codes import SparseCodes
 from tests.service.conftest import RedisProcess, Server, run_server
 
 ENCODE = "/v1/models/digits-softsae/encode"
@@ -39,12 +40,13 @@ def encode(server: Server, x: np.ndarray, **options: object) -> dict:
 
 
 def test_pack_round_trip() -> None:
-    indices, values = np.array([3, 17, 400], np.int32), np.array([0.5, -1.25, 3.0], np.float32)
-    blob = pack_code(indices, values)
-    assert len(blob) == 8 * 3
-    i, v = unpack_code(blob)
-    np.testing.assert_array_equal(i, indices)
-    np.testing.assert_array_equal(v, values)
+    codes = SparseCodes(np.array([0, 3, 3, 4]), np.array([3, 17, 400, 2], np.int32), np.array([0.5, -1.25, 3.0, 7.0], np.float32))
+    blobs = pack_rows(codes)
+    assert [len(b) for b in blobs] == [8 * 3, 0, 8]  # 8 bytes per active latent
+    back = unpack_rows([blobs[2], blobs[0], blobs[1]])
+    np.testing.assert_array_equal(back.indptr, [0, 1, 4, 4])
+    np.testing.assert_array_equal(back.indices, [2, 3, 17, 400])
+    np.testing.assert_array_equal(back.values, [7.0, 0.5, -1.25, 3.0])
 
 
 def test_lru_is_bounded_and_evicts_the_least_recently_used() -> None:

@@ -33,6 +33,7 @@ LOG_VAR_MIN = math.log(1e-7)
 """``σ² = sigmoid(·)`` is clamped at 1e-7 (methods.md), i.e. ``log σ² ∈ [log 1e-7, 0]``."""
 FIXED_RULE_THRESHOLD = 0.05
 """The fixed AD rule counts latents with ``σ² < 0.05``."""
+VARIANCES = ("sigmoid", "clip")
 ONE_CLUSTER_SPREAD = 1e-3
 """A row whose ``log σ²`` values all lie within this of each other has no two groups (see below)."""
 
@@ -96,6 +97,10 @@ class VAEaseConfig(SAEConfig):
     1024; activations ``d_in = 512``, ``d_sae = 300``, ``hidden = [600]``, lr 5e-3.
     """
 
+    variance: str = "sigmoid"
+    """How the head's output ``h`` becomes ``log σ² ≤ 0`` (methods.md allows both): ``"sigmoid"``,
+    ``σ² = sigmoid(h)``, or ``"clip"``, ``log σ² = min(h, 0)`` (the authors' synthetic-data encoder;
+    latents at the prior then have ``σ = 1`` and a gate of exactly 0). Both are clamped at 1e-7."""
     hidden: list[int] = field(default_factory=lambda: [600])
     """Widths of the encoder's Swish hidden layers, input side first (``[]``: linear heads on ``x``)."""
     log_gamma_init: float | None = None
@@ -112,6 +117,8 @@ class VAEaseConfig(SAEConfig):
         self.hidden = list(self.hidden)
         if any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in self.hidden):
             raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
+        if self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
         if self.log_gamma_init is not None and not math.isfinite(self.log_gamma_init):
             raise ValueError(f"log_gamma_init must be finite, got {self.log_gamma_init}")
         if self.d_trained is not None and self.d_trained < self.d_sae:
@@ -155,7 +162,9 @@ class VAEase(SparseAutoencoder):
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``μ [B, d_sae]`` (served latents) and ``log σ² [B, d_trained]`` (all trained latents)."""
         h = self.encoder(x)
-        log_var = F.logsigmoid(self.logvar_head(h)).clamp_min(LOG_VAR_MIN)
+        raw = self.logvar_head(h)
+        log_var = F.logsigmoid(raw) if self.cfg.variance == "sigmoid" else raw.clamp_max(0.0)
+        log_var = log_var.clamp_min(LOG_VAR_MIN)
         return self.mu_head(h), log_var
 
     def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:

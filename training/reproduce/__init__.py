@@ -117,6 +117,6 @@ def _command(name: str, out: Path, quick: bool, seeds: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.reproduce NAME --out DIR`` (same as ``sparsecodes reproduce``)."""
-    parser = argparse.ArgumentParser(prog="python -m training.reproduce")
-    add_arguments(parser)
-    return run(parser.parse_args(argv if argv is not None else sys.argv[1:]))
+    from sparsecodes.cli import main as cli_main
+
+    return cli_main(["reproduce", *(sys.argv[1:] if argv is None else argv)])

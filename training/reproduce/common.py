@@ -21,13 +21,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from training.models import SparseAutoencoder, build, make_config  # noqa: E402
-from training.run import TrainConfig, write_json  # noqa: E402
-from training.trainer import DistInfo, fit  # noqa: E402
+from training.models import SparseAutoencoder, build, make_config
+from training.run import TrainConfig, write_json
+from training.trainer import DistInfo, fit
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"

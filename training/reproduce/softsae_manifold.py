@@ -19,7 +19,16 @@ from sparsecodes import metrics as M
 from training.data import load_dataset
 from training.evaluate import encode_all
 from training.normalization import Normalizer
-from training.reproduce.common import Context, StudyResult, Table, aggregate, mean_of, pearson, save_figure, train
+from training.reproduce.common import (
+    Context,
+    StudyResult,
+    Table,
+    aggregate,
+    mean_of,
+    pearson,
+    save_figure,
+    train,
+)
 
 NAME = "softsae-manifold"
 CLAIM = (

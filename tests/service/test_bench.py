@@ -1,0 +1,35 @@
+"""``sparsecodes bench serve`` end to end on a small bundle with tiny durations (the machinery, not the numbers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sparsecodes.cli import main
+
+
+def test_bench_serve_runs_and_reports_every_measurement(model_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "serve.json"
+    args = ["bench", "serve", "--bundle", str(model_dir / "digits-topk"), "--duration", "0.4", "--rounds", "1",
+            "--clients", "8", "--cache-batches", "2", "--no-heavy", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads(out.read_text())
+    timings = results["timings"]
+    for key in ("ceiling_1", "ceiling_256", "json_1", "json_256", "binary_1", "binary_32", "binary_256",
+                "clients_batching_on", "clients_batching_off"):
+        assert timings[key]["requests"] > 0 and timings[key]["rows_per_s"] > 0, key
+        assert timings[key]["p50_ms"] <= timings[key]["p99_ms"]
+    assert results["cache_256"]["hit_p50_ms"] > 0
+    assert set(results["targets"]) == {"binary_256_vs_ceiling", "batching_speedup_64_clients", "cache_hit_speedup_256"}
+    assert "| HTTP encode, binary | 256 |" in capsys.readouterr().out
+
+
+def test_bench_dispatcher_lists_every_benchmark(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("serve", "export", "train", "load"):
+        assert f"  {name} " in out, name
