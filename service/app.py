@@ -7,11 +7,12 @@ receives SIGTERM, while uvicorn lets in-flight requests finish (``SPARSECODES_GR
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +34,7 @@ from service.errors import (
     error_body,
     status_of,
 )
+from service.fastpath import FastPath
 from service.logs import configure_logging
 from service.runtime import load_models, resolve_providers
 from service.settings import Settings
@@ -73,7 +75,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        rid = _header(scope, b"x-request-id") or _new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
         status = 500
         start = time.perf_counter()
@@ -113,6 +115,15 @@ class RequestContext:
         )
 
 
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """Unique across replicas (a random per-process prefix) without a syscall per request."""
+    return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
         if key == name:
@@ -125,8 +136,20 @@ def _request_id(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
+def render_service_error(scope: Scope, exc: ServiceError) -> Response:
+    """A domain error as its JSON response (5xx are logged with the traceback and the request id)."""
+    rid = scope.get("state", {}).get("request_id")
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s: %s", exc.type, exc.message, exc_info=exc.__cause__ or exc, extra={"request_id": rid})
+    response = json_response(error_body(exc, rid), status_code=status)
+    if status == 401:
+        response.headers["www-authenticate"] = "Bearer"
+    return response
+
+
 def _error_response(request: Request, error: ServiceError, headers: dict[str, str] | None = None) -> Response:
-    response = json_response(error_body(error, _request_id(request)), status_code=status_of(error))
+    response = render_service_error(request.scope, error)
     if headers:
         response.headers.update(headers)
     return response
@@ -135,10 +158,7 @@ def _error_response(request: Request, error: ServiceError, headers: dict[str, st
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
-        if status_of(exc) >= 500:
-            log.error("%s: %s", exc.type, exc.message, exc_info=exc.__cause__ or exc, extra={"request_id": _request_id(request)})
-        extra = {"WWW-Authenticate": "Bearer"} if status_of(exc) == 401 else None
-        return _error_response(request, exc, extra)
+        return render_service_error(request.scope, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -251,13 +271,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(body, media_type=content_type)
 
     _install_error_handlers(app)
-
-    def unauthorized(scope: Scope, error: ServiceError) -> Response:
-        response = json_response(error_body(error, scope.get("state", {}).get("request_id")), status_code=status_of(error))
-        response.headers["www-authenticate"] = "Bearer"
-        return response
-
-    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, on_error=unauthorized)
+    # Middleware, innermost first: the hot routes' direct dispatch, API keys, then the request context.
+    app.add_middleware(FastPath, on_error=render_service_error)
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, on_error=render_service_error)
     app.add_middleware(
         RequestContext,
         known_models=lambda: getattr(getattr(app.state, "engine", None), "models", {}),

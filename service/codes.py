@@ -8,6 +8,7 @@ within a row) and ``values`` float32 ``[nnz]`` (nonzero). Row ``i`` is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -25,7 +26,7 @@ class SparseCodes:
     def nnz(self) -> int:
         return int(self.indptr[-1])
 
-    @property
+    @cached_property
     def l0(self) -> np.ndarray:
         """Active latents per row ``[n]`` (int64)."""
         return np.diff(self.indptr)

@@ -62,7 +62,9 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     same counts through the histogram's own bucket counters (falls back to the loop if they change).
     """
     values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
+    if values.size <= 4:  # a handful: the plain path is cheaper than the vectorised one
+        for v in values.tolist():
+            histogram.observe(v)
         return
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)

@@ -37,6 +37,9 @@ PLOTS_DIR = "plots"
 CHECKPOINT_DIR = "checkpoint"
 
 
+LR_SCHEDULES = ("linear", "cosine_restarts")
+
+
 class RunError(ValueError):
     """A run folder that cannot be read or written; the message names the file and the problem."""
 
@@ -57,6 +60,13 @@ class TrainConfig:
     """Share of steps with linear warm-up; afterwards the rate decays linearly to ``lr_end_frac · lr``."""
     lr_end_frac: float = 0.0
     """Final learning rate as a share of ``lr``."""
+    lr_schedule: str = "linear"
+    """``"linear"``: warm-up then linear decay. ``"cosine_restarts"``: cosine annealing with warm restarts
+    stepped per batch (SGDR), the VAEase reference setting (methods.md)."""
+    restart_period: int = 10
+    """Cosine restarts: steps in the first cycle (T_0)."""
+    restart_mult: int = 2
+    """Cosine restarts: each cycle is this many times longer than the one before (T_mult)."""
     grad_clip: float = 1.0
     """Global gradient-norm clip (0 disables)."""
     seed: int = 0
@@ -83,6 +93,10 @@ class TrainConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.restart_period < 1 or self.restart_mult < 1:
+            raise ValueError("restart_period and restart_mult must be >= 1")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 

@@ -191,15 +191,24 @@ def plan_steps(cfg: TrainConfig, n_rows: int) -> int:
 
 
 def lr_lambda(cfg: TrainConfig, total: int):
+    """Learning-rate multiplier per step (a plain function of the step, so checkpoints resume it)."""
     warm = max(1, int(cfg.warmup_frac * total))
 
-    def f(step: int) -> float:
+    def linear(step: int) -> float:
         if step < warm:
             return (step + 1) / warm
         frac = (step - warm) / max(1, total - warm)
         return 1.0 - (1.0 - cfg.lr_end_frac) * frac
 
-    return f
+    def cosine_restarts(step: int) -> float:
+        # SGDR (Loshchilov & Hutter): cycles of length T_0, T_0·T_mult, …; within one, cosine from 1 down.
+        period, pos = cfg.restart_period, step
+        while pos >= period:
+            pos, period = pos - period, period * cfg.restart_mult
+        low = cfg.lr_end_frac
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * pos / period))
+
+    return linear if cfg.lr_schedule == "linear" else cosine_restarts
 
 
 def fit(

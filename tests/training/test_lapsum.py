@@ -77,7 +77,9 @@ def test_increasing_k_increases_every_weight() -> None:
     k = torch.tensor([2.0, 5.5, 10.0, 17.3], dtype=torch.float64, requires_grad=True)
     p = soft_topk(a, k, 0.5)
     # ∂p_i/∂k = pdf_i / Σ pdf: positive and summing to 1 (Σp = k moves one for one with k).
-    jac = torch.stack([torch.autograd.grad(p[:, i].sum(), k, retain_graph=True)[0] for i in range(20)], dim=-1)
+    jac = torch.stack(
+        [torch.autograd.grad(p[:, i].sum(), k, retain_graph=True)[0] for i in range(20)], dim=-1
+    )
     assert (jac > 0).all()
     torch.testing.assert_close(jac.sum(-1), torch.ones(4, dtype=torch.float64))
     bigger = soft_topk(a, k.detach() + 0.25, 0.5)

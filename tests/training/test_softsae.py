@@ -3,8 +3,6 @@ following the data's intrinsic dimension."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -43,7 +41,9 @@ def test_shapes_and_k_hat_range() -> None:
 
 
 def test_schedules_follow_progress() -> None:
-    model = tiny(alpha_start=1.0, alpha_end=1e-4, alpha_anneal_frac=0.1, budget_anneal_frac=0.01, hard_frac=0.05)
+    model = tiny(
+        alpha_start=1.0, alpha_end=1e-4, alpha_anneal_frac=0.1, budget_anneal_frac=0.01, hard_frac=0.05
+    )
     at = lambda step: model.schedule(Progress(step=step, total_steps=1000))  # noqa: E731
     assert at(0).alpha == 1.0 and at(0).k_budget == D_IN and not at(0).hard
     assert at(5).k_budget == pytest.approx(D_IN + (K - D_IN) * 0.5)
@@ -122,7 +122,7 @@ def test_config_rejects_contradictions() -> None:
 
 def test_select_latents_keeps_the_k_estimator_and_rebuilds_from_its_config() -> None:
     model = tiny().eval()
-    x = torch.randn(300, D_IN)
+    x = torch.randn(8, D_IN)  # few rows, so some latents are never picked
     with torch.no_grad():
         code = model.encode(x)
         keep = torch.nonzero((code != 0).any(0)).flatten()
@@ -131,7 +131,7 @@ def test_select_latents_keeps_the_k_estimator_and_rebuilds_from_its_config() -> 
         assert small.cfg.d_sae == len(keep) and small.cfg.d_trained == D_SAE
         torch.testing.assert_close(small.k_hat(x), model.k_hat(x))
         torch.testing.assert_close(small.encode(x), code[:, keep])
-        rebuilt = build(dataclasses.replace(small.cfg))
+        rebuilt = build(small.cfg)
         rebuilt.load_state_dict(small.state_dict())
         torch.testing.assert_close(rebuilt.eval().encode(x), code[:, keep])
 
@@ -139,7 +139,9 @@ def test_select_latents_keeps_the_k_estimator_and_rebuilds_from_its_config() -> 
 # -- a small training run ------------------------------------------------------------------------------------
 
 
-def subspace_groups(dims: tuple[int, ...], d: int, n_per: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def subspace_groups(
+    dims: tuple[int, ...], d: int, n_per: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows on random linear subspaces of the given dimensions in R^d, each group with the same mean
     squared norm; normalised as the trainer does (centred, mean squared norm 1). → (x, group id)."""
     g = torch.Generator().manual_seed(seed)
@@ -175,7 +177,12 @@ def test_k_hat_follows_intrinsic_dimension_and_l0_meets_the_budget() -> None:
     dims = (1, 4, 12)
     x, group = subspace_groups(dims, D_IN, 2000)
     model = tiny()
-    train(model, x, steps=2000, lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is faster and spares the shared CI cores
+    try:
+        train(model, x, steps=2000, lr=1e-2)
+    finally:
+        torch.set_num_threads(threads)
     with torch.no_grad():
         k_hat = model.diagnostics(x)["k_hat"]
         code = model.encode(x)
@@ -184,8 +191,13 @@ def test_k_hat_follows_intrinsic_dimension_and_l0_meets_the_budget() -> None:
     # More active latents for higher-dimensional groups, by clear margins.
     assert mean_k[0] < mean_k[1] - 0.5 and mean_k[1] < mean_k[2] - 3, mean_k
     assert mean_k[0] < 2.5, mean_k  # a line needs one latent
-    # The one-sided budget holds the mean: a little under k (softplus_5 and ⌊·⌋), never over.
+    # The one-sided budget holds the mean k̂ just under k: softplus_5 balances the budget against the
+    # marginal value of one more latent, which is small once the groups are reconstructed (≈ k − 1.2).
+    assert K - 1.75 <= float(k_hat.mean()) <= K + 0.25, float(k_hat.mean())
+    # The served L0 is ⌊k̂⌋ per row, so its batch mean sits within one latent under mean k̂.
     l0 = (code != 0).sum(-1).float()
-    assert K - 2.0 <= float(l0.mean()) <= K, float(l0.mean())
-    assert float(k_hat.mean()) <= K + 0.25
+    assert float(k_hat.mean()) - 1 <= float(l0.mean()) <= float(k_hat.mean()), (
+        float(l0.mean()),
+        float(k_hat.mean()),
+    )
     assert fvu < 0.05

@@ -139,7 +139,9 @@ def test_encode_has_exact_zeros_and_decode_inverts_shapes() -> None:
 def test_target_defaults_to_x_and_must_match() -> None:
     model = sosae()
     x, clean = torch.randn(4, D_IN), torch.randn(4, D_IN)
-    assert float(model(x, target=clean).parts["mse"]) == pytest.approx(float((model(x).x_hat - clean).pow(2).sum(-1).mean()))
+    assert float(model(x, target=clean).parts["mse"]) == pytest.approx(
+        float((model(x).x_hat - clean).pow(2).sum(-1).mean())
+    )
     with pytest.raises(ValueError, match="target"):
         model(x, target=torch.randn(4, 1))
 
@@ -197,7 +199,14 @@ def test_truncate_reproduces_reconstructions_when_the_tail_is_inactive() -> None
 
 
 @pytest.mark.parametrize(
-    "keep", [torch.tensor([3, 1]), torch.tensor([1, 1]), torch.tensor([0, 20]), torch.tensor([0.0, 1.0]), torch.tensor([])]
+    "keep",
+    [
+        torch.tensor([3, 1]),
+        torch.tensor([1, 1]),
+        torch.tensor([0, 20]),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([]),
+    ],
 )
 def test_select_latents_rejects_bad_keep(keep: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="keep"):
@@ -238,7 +247,7 @@ def test_encode_exports_to_onnx(tmp_path) -> None:
 def fit_on_low_rank(push_ratio: float) -> tuple[SOSAE, torch.Tensor]:
     x = low_rank(4096, 32, rank=4)
     torch.manual_seed(0)
-    model = SOSAE(SOSAEConfig(d_in=32, d_sae=48, push_coef=0.3, push_ratio=push_ratio))
+    model = SOSAE(SOSAEConfig(d_in=32, d_sae=48, push_coef=1.0, push_ratio=push_ratio))
     train(model, x[:3072], steps=600)
     return model, x[3072:]
 
@@ -253,8 +262,8 @@ def test_push_gathers_active_latents_at_the_front_and_the_tail_cuts_off_freely()
         mse_cut = float((small.decode(small.encode(x_val)) - x_val).pow(2).sum(-1).mean())
     assert mse_full < 0.01  # fvu < 1 %: the penalty did not starve the reconstruction
     # About 8 latents are used (ReLU needs two per direction of the rank-4 set); without the push they
-    # scatter over 30-47 positions (next test), with it the cut point lands at 12-16.
-    assert K <= 20, f"cut point {K} of 48: the push did not gather the active latents"
+    # scatter over 29-44 positions (next test), with it the cut point lands at 9-13 (seeds 0-5).
+    assert K <= 16, f"cut point {K} of 48: the push did not gather the active latents"
     assert abs(mse_cut - mse_full) <= 0.01 * mse_full
     assert small.flops_per_row()["encoder"] * 2 < model.flops_per_row()["encoder"]
 

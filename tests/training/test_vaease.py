@@ -99,7 +99,7 @@ def brute_force_two_means(row: list[float]) -> set[int]:
         ([-12.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.2], {0}),
         ([-8.0, -8.5, -9.0, -7.5, -8.2, -0.01], {0, 1, 2, 3, 4}),
         ([-5.0, -5.0, 0.0, 0.0], {0, 1}),  # ties on both sides of the gap
-        ([-16.1, -3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], {0}),  # a middling value joins the high group
+        ([-16.1, -3.0] + [0.0] * 10, {0}),  # a middling value joins the high group
         ([0.0] * 5, set()),  # one cluster at the prior: nothing is encoded
         ([-12.0] * 5, {0, 1, 2, 3, 4}),  # one cluster of sharp posteriors: all active
         ([-1e-5, -2e-5, -3e-4, 0.0], set()),  # spread below ONE_CLUSTER_SPREAD: one cluster
@@ -114,10 +114,13 @@ def test_two_means_on_hand_made_rows(row: list[float], active: set[int]) -> None
 
 def test_two_means_matches_a_brute_force_split_on_random_rows() -> None:
     g = torch.Generator().manual_seed(0)
-    rows = [
-        torch.cat([-8 + torch.randn(a, generator=g), -0.05 * torch.rand(20 - a, generator=g)])[torch.randperm(20, generator=g)]
+    # Two clear clusters of every size 1..18 (shuffled), then rows spread uniformly over the range.
+    clustered = [
+        torch.cat([-8 + torch.randn(a, generator=g), -0.05 * torch.rand(20 - a, generator=g)])
         for a in range(1, 19)
-    ] + [LOG_VAR_MIN * torch.rand(20, generator=g) for _ in range(20)]
+    ]
+    rows = [r[torch.randperm(20, generator=g)] for r in clustered]
+    rows += [LOG_VAR_MIN * torch.rand(20, generator=g) for _ in range(20)]
     log_var = torch.stack(rows).double()  # float64: near-tied splits must not flip on rounding
     mask = two_means_active(log_var)
     for row, m in zip(log_var.tolist(), mask, strict=True):
@@ -164,7 +167,11 @@ def test_select_latents_keeps_the_full_variance_head_and_exact_codes() -> None:
     with torch.no_grad():
         code = model.encode(x)
         small = model.select_latents(keep).eval()
-        assert small.d_served == 4 and small.mu_head.out_features == 4 and small.logvar_head.out_features == D_SAE
+        assert (
+            small.d_served == 4
+            and small.mu_head.out_features == 4
+            and small.logvar_head.out_features == D_SAE
+        )
         assert small.cfg.d_sae == 4 and small.cfg.d_trained == D_SAE
         assert torch.equal(small.encode(x), code[:, keep])  # exactly: the split still sees all latents
         torch.testing.assert_close(small.diagnostics(x)["ad"], model.diagnostics(x)["ad"])
@@ -194,11 +201,12 @@ def union_of_subspaces(n: int = 6000, dims: tuple[int, ...] = (4, 4, 4), d: int 
     return x / x.pow(2).sum(-1).mean().sqrt(), group
 
 
-def train(model: VAEase, x: torch.Tensor, steps: int, lr: float, batch: int) -> VAEase:
-    """A minimal Adam loop with the model's hooks; linear warm-up then linear decay, as the trainer."""
+def train(model: VAEase, x: torch.Tensor, steps: int, lr: float = 1e-2, batch: int = 512) -> VAEase:
+    """A minimal Adam loop with the model's hooks and methods.md's reference schedule for this set:
+    cosine annealing with warm restarts stepped per batch (periods of 10, 20, 40, … steps)."""
     g = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (0.05 * steps)) * (1 - s / steps))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10, T_mult=2, eta_min=1e-6)
     model.init_from_data_(x[:batch])
     model.train()
     for step in range(steps):
@@ -216,16 +224,19 @@ def train(model: VAEase, x: torch.Tensor, steps: int, lr: float, batch: int) -> 
 
 @pytest.fixture(scope="module")
 def trained() -> dict[str, VAEase]:
-    """VAEase and VAE with the settings recorded in VAEaseConfig's docstring (one thread: tiny matmuls)."""
+    """The settings recorded in VAEaseConfig's docstring. VAEase: the authors' synthetic-set encoder
+    (three Swish layers of width 2·d_sae), 3,000 steps. The VAE's property under test (one active set
+    for all inputs) does not depend on the width, and it reaches the full 12-latent union sooner with
+    a wider encoder: [128, 128], 2,000 steps. One thread: the matmuls are tiny."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         x, _ = union_of_subspaces()
+        settings = {"vaease": ([40, 40, 40], 3000), "vae": ([128, 128], 2000)}
         models = {}
-        for kind in ("vaease", "vae"):
+        for kind, (hidden, steps) in settings.items():
             torch.manual_seed(0)
-            model = build(make_config(kind, d_in=40, d_sae=20, hidden=[128, 128]))
-            models[kind] = train(model, x, steps=2000, lr=1e-2, batch=512)
+            models[kind] = train(build(make_config(kind, d_in=40, d_sae=20, hidden=hidden)), x, steps)
         return models
     finally:
         torch.set_num_threads(threads)
@@ -242,10 +253,10 @@ def test_vaease_active_dimensions_follow_each_subspace(trained) -> None:
         diag = trained["vaease"].diagnostics(x)
     ad, active = diag["ad"].float(), two_means_active(diag["log_var"])
     per_group = [float(ad[group == i].mean()) for i in range(3)]
-    # Each sample of a 4-dim subspace gets about 4 active latents. A 2,000-step CPU run lands at
-    # 3.5-6.3 per subspace (a redundant latent or two survives in some); the authors train ~66k steps.
-    assert all(3.0 <= a <= 6.5 for a in per_group), per_group
-    assert 3.5 <= sum(per_group) / 3 <= 5.5, per_group
+    # Each sample of a 4-dim subspace gets about 4 active latents (seeds tried: 3.3-4.6 per subspace
+    # after 3,000 steps; the authors train ~66k).
+    assert all(3.0 <= a <= 5.0 for a in per_group), per_group
+    assert 3.3 <= sum(per_group) / 3 <= 4.7, per_group
     # Adaptive: each subspace uses its own latents (little overlap between the groups' usual sets).
     usual = [frequent_latents(active[group == i]) for i in range(3)]
     for a, b in [(0, 1), (0, 2), (1, 2)]:
@@ -253,7 +264,7 @@ def test_vaease_active_dimensions_follow_each_subspace(trained) -> None:
 
 
 def test_vae_active_set_is_the_same_for_every_input(trained) -> None:
-    x, group = union_of_subspaces()
+    x, _ = union_of_subspaces()
     with torch.no_grad():
         active = two_means_active(trained["vae"].diagnostics(x)["log_var"])
     patterns = active.int().tolist()

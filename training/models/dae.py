@@ -84,7 +84,9 @@ class DAE(SparseAutoencoder):
         super().__init__(cfg)
         self.encoder, self.decoder = mlp_autoencoder(cfg.d_in, cfg.hidden, cfg.d_sae)
 
-    def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
+    ) -> StepOutput:
         """``target`` is the clean input (defaults to ``x``); ``x`` is corrupted only in training mode."""
         target = x if target is None else target
         x_in = corrupt(x, self.cfg.noise, self.cfg.noise_level) if self.training else x

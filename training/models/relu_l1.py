@@ -43,7 +43,9 @@ class ReLUL1SAE(LinearSAE):
     config_cls = ReLUL1Config
     cfg: ReLUL1Config
 
-    def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
+    ) -> StepOutput:
         z = self.encode(x)
         x_hat = self.decode(z)
         mse = row_mse(x_hat, x if target is None else target)

@@ -33,7 +33,7 @@ class SOSAEConfig(SAEConfig):
     hidden: list[int] = field(default_factory=list)
     """Hidden widths of the encoder MLP, input side first (``[]``: a single linear layer). The decoder
     mirrors them. ReLU between layers."""
-    push_coef: float = 0.1
+    push_coef: float = 1.0
     """λ: weight of the push penalty against the mse (both in normalised units)."""
     push_ratio: float = 100.0
     """``w_last / w_first``: how much more the last latent pays per unit activity than the first (≥ 1;
@@ -55,7 +55,9 @@ class SOSAEConfig(SAEConfig):
             raise ValueError(f"push_coef must be >= 0, got {self.push_coef}")
         check_push(self.push_ratio, self.push_schedule)
         if not 0 <= self.cut_threshold < 1:
-            raise ValueError(f"cut_threshold is a share of rows and must lie in [0, 1), got {self.cut_threshold}")
+            raise ValueError(
+                f"cut_threshold is a share of rows and must lie in [0, 1), got {self.cut_threshold}"
+            )
 
 
 def check_push(push_ratio: float, schedule: str) -> None:
@@ -129,7 +131,9 @@ def check_keep(keep: Tensor, d: int) -> Tensor:
     """``keep`` as a sorted, duplicate-free 1-D long tensor of indices into ``range(d)``."""
     keep = torch.as_tensor(keep)
     if keep.ndim != 1 or keep.numel() == 0 or keep.dtype.is_floating_point:
-        raise ValueError(f"keep must be a non-empty 1-D tensor of latent indices, got {keep.dtype} {tuple(keep.shape)}")
+        raise ValueError(
+            f"keep must be a non-empty 1-D tensor of latent indices, got {keep.dtype} {tuple(keep.shape)}"
+        )
     keep = keep.long()
     if bool((keep[1:] <= keep[:-1]).any()) or int(keep[0]) < 0 or int(keep[-1]) >= d:
         raise ValueError(f"keep must be strictly increasing indices in [0, {d}), got {keep.tolist()[:20]}")
@@ -150,13 +154,17 @@ def select_mlp_latents(encoder: nn.Sequential, decoder: nn.Sequential, keep: Ten
 
 def mlp_flops(*nets: nn.Sequential) -> int:
     """FLOPs (2 × multiply-adds) of the linear layers of ``nets`` for one row; activations are free."""
-    return sum(linear_flops(m.in_features, m.out_features) for net in nets for m in net if isinstance(m, nn.Linear))
+    return sum(
+        linear_flops(m.in_features, m.out_features) for net in nets for m in net if isinstance(m, nn.Linear)
+    )
 
 
 def row_mse(x_hat: Tensor, target: Tensor) -> Tensor:
     """The project's mse: squared error summed over dimensions, mean over the batch (a scalar)."""
     if target.shape != x_hat.shape:
-        raise ValueError(f"target must have the reconstruction's shape {tuple(x_hat.shape)}, got {tuple(target.shape)}")
+        raise ValueError(
+            f"target must have the reconstruction's shape {tuple(x_hat.shape)}, got {tuple(target.shape)}"
+        )
     return (x_hat - target).pow(2).sum(dim=-1).mean()
 
 
@@ -176,7 +184,9 @@ class SOSAE(SparseAutoencoder):
         # A buffer so the weights move with the model's device and a truncated model keeps its slice.
         self.register_buffer("push_weights", position_weights(cfg.d_sae, cfg.push_ratio, cfg.push_schedule))
 
-    def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
+    ) -> StepOutput:
         z = self.encode(x)
         x_hat = self.decode(z)
         mse = row_mse(x_hat, x if target is None else target)

@@ -29,7 +29,9 @@ class TopKConfig(LinearSAEConfig):
         if not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must lie in [1, d_sae={self.d_sae}], got k={self.k}")
         if self.auxk_coef < 0 or self.dead_steps < 1:
-            raise ValueError(f"need auxk_coef >= 0 and dead_steps >= 1, got {self.auxk_coef}, {self.dead_steps}")
+            raise ValueError(
+                f"need auxk_coef >= 0 and dead_steps >= 1, got {self.auxk_coef}, {self.dead_steps}"
+            )
 
 
 @register("topk")
@@ -40,7 +42,9 @@ class TopKSAE(LinearSAE):
     cfg: TopKConfig
     unit_norm_decoder = True
 
-    def forward(self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None) -> StepOutput:
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
+    ) -> StepOutput:
         target = x if target is None else target
         a = torch.relu(self.pre_acts(x))
         z = self.train_code(a)
