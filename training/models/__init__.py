@@ -3,4 +3,13 @@
 from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput
 from training.models.registry import build, kinds, make_config, model_class
 
-__all__ = ["Progress", "SAEConfig", "SparseAutoencoder", "StepOutput", "build", "kinds", "make_config", "model_class"]
+__all__ = [
+    "Progress",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "StepOutput",
+    "build",
+    "kinds",
+    "make_config",
+    "model_class",
+]

@@ -213,6 +213,28 @@ def topk_mask(a: Tensor, k: Tensor | int) -> Tensor:
     return torch.where(ranks < k.unsqueeze(-1).to(ranks.dtype), a, torch.zeros_like(a))
 
 
+def check_keep(keep: Tensor, d: int) -> Tensor:
+    """``keep`` as a sorted, duplicate-free 1-D long tensor of indices into ``range(d)``."""
+    keep = torch.as_tensor(keep)
+    if keep.ndim != 1 or keep.numel() == 0 or keep.dtype.is_floating_point:
+        raise ValueError(
+            f"keep must be a non-empty 1-D tensor of latent indices, got {keep.dtype} {tuple(keep.shape)}"
+        )
+    keep = keep.long()
+    if bool((keep[1:] <= keep[:-1]).any()) or int(keep[0]) < 0 or int(keep[-1]) >= d:
+        raise ValueError(f"keep must be strictly increasing indices in [0, {d}), got {keep.tolist()[:20]}")
+    return keep
+
+
+def row_mse(x_hat: Tensor, target: Tensor) -> Tensor:
+    """The project's mse: squared error summed over dimensions, mean over the batch (a scalar)."""
+    if target.shape != x_hat.shape:
+        raise ValueError(
+            f"target must have the reconstruction's shape {tuple(x_hat.shape)}, got {tuple(target.shape)}"
+        )
+    return (x_hat - target).pow(2).sum(dim=-1).mean()
+
+
 def linear_flops(d_in: int, d_out: int) -> int:
     return 2 * d_in * d_out
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput
+from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput, check_keep, row_mse
 from training.models.registry import register
-from training.models.sosae import check_keep, mlp_autoencoder, mlp_flops, row_mse, select_mlp_latents
+from training.models.sosae import mlp_autoencoder, mlp_flops, select_mlp_latents
 
 NOISES = ("gaussian", "salt_pepper", "mask")
 

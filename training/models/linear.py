@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from training.models.base import SAEConfig, SparseAutoencoder, linear_flops, unit_norm_columns_
+from training.models.base import SAEConfig, SparseAutoencoder, check_keep, linear_flops, unit_norm_columns_
 
 
 @dataclass
@@ -58,7 +58,7 @@ class LinearSAE(SparseAutoencoder):
         return self.W_dec, self.b_dec
 
     def select_latents(self, keep: Tensor) -> LinearSAE:
-        keep = keep.to(self.W_enc.device)
+        keep = check_keep(keep, self.d_served).to(self.W_enc.device)
         new = copy.deepcopy(self)
         new.W_enc = nn.Parameter(self.W_enc.data[keep].clone())
         new.b_enc = nn.Parameter(self.b_enc.data[keep].clone())

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from training.models.base import Progress, StepOutput
+from training.models.base import Progress, StepOutput, row_mse
 from training.models.linear import LinearSAE, LinearSAEConfig
 from training.models.registry import register
-from training.models.sosae import row_mse
 
 
 @dataclass

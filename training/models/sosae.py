@@ -20,7 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput, linear_flops
+from training.models.base import (
+    Progress,
+    SAEConfig,
+    SparseAutoencoder,
+    StepOutput,
+    check_keep,
+    linear_flops,
+    row_mse,
+)
 from training.models.registry import register
 
 PUSH_SCHEDULES = ("exponential", "linear")
@@ -127,19 +135,6 @@ def mlp_autoencoder(d_in: int, hidden: list[int], d_sae: int) -> tuple[nn.Sequen
     return mlp(widths), mlp(widths[::-1])
 
 
-def check_keep(keep: Tensor, d: int) -> Tensor:
-    """``keep`` as a sorted, duplicate-free 1-D long tensor of indices into ``range(d)``."""
-    keep = torch.as_tensor(keep)
-    if keep.ndim != 1 or keep.numel() == 0 or keep.dtype.is_floating_point:
-        raise ValueError(
-            f"keep must be a non-empty 1-D tensor of latent indices, got {keep.dtype} {tuple(keep.shape)}"
-        )
-    keep = keep.long()
-    if bool((keep[1:] <= keep[:-1]).any()) or int(keep[0]) < 0 or int(keep[-1]) >= d:
-        raise ValueError(f"keep must be strictly increasing indices in [0, {d}), got {keep.tolist()[:20]}")
-    return keep
-
-
 @torch.no_grad()
 def select_mlp_latents(encoder: nn.Sequential, decoder: nn.Sequential, keep: Tensor) -> None:
     """Slice, in place, the encoder's last layer to outputs ``keep`` and the decoder's first to inputs ``keep``."""
@@ -157,15 +152,6 @@ def mlp_flops(*nets: nn.Sequential) -> int:
     return sum(
         linear_flops(m.in_features, m.out_features) for net in nets for m in net if isinstance(m, nn.Linear)
     )
-
-
-def row_mse(x_hat: Tensor, target: Tensor) -> Tensor:
-    """The project's mse: squared error summed over dimensions, mean over the batch (a scalar)."""
-    if target.shape != x_hat.shape:
-        raise ValueError(
-            f"target must have the reconstruction's shape {tuple(x_hat.shape)}, got {tuple(target.shape)}"
-        )
-    return (x_hat - target).pow(2).sum(dim=-1).mean()
 
 
 # -- the model ---------------------------------------------------------------------------------------------

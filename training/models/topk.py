@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from training.models.base import Progress, StepOutput, topk_mask
+from training.models.base import Progress, StepOutput, row_mse, topk_mask
 from training.models.linear import LinearSAE, LinearSAEConfig
 from training.models.registry import register
-from training.models.sosae import row_mse
 
 
 @dataclass

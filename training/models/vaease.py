@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput, linear_flops
+from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput, check_keep, linear_flops
 from training.models.registry import register
-from training.models.sosae import check_keep
 
 LOG_VAR_MIN = math.log(1e-7)
 """``σ²`` is clamped at 1e-7 (methods.md), so ``log σ² ∈ [log 1e-7, 0]``."""
