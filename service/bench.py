@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per measurement (split over the rounds)")
     p.add_argument("--clients", type=int, default=64, help="concurrent single-row clients")
     p.add_argument("--cache-batches", type=int, default=20, help="distinct 256-row batches for the cache miss/hit test")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved rounds per measurement (median of rounds)")
     p.add_argument("--heavy", action=argparse.BooleanOptionalAction, default=True,
                    help="also compare micro-batching on a model whose inference outweighs HTTP cost")
     p.add_argument("--heavy-d-in", type=int, default=1024)

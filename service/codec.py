@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from typing import Any
 
@@ -273,7 +274,7 @@ def _tensor(name: str, spec: Any, data: memoryview) -> np.ndarray:
         raise MalformedBody(
             f"binary tensor {name!r}: needs dtype (one of {sorted(_ST_DTYPES)}), shape and data_offsets"
         ) from None
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(data)):
         raise MalformedBody(f"binary tensor {name!r}: data_offsets {[begin, end]} lie outside the {len(data)}-byte data")
     if end - begin != count * np.dtype(dtype).itemsize or any(s < 0 for s in shape):

@@ -12,6 +12,9 @@ from functools import cached_property
 
 import numpy as np
 
+_BLOCK_ENTRIES = 1 << 17
+"""Entries per block when scanning a dense code matrix (128k: the block's mask fits in L2)."""
+
 
 @dataclass(frozen=True)
 class SparseCodes:
@@ -54,13 +57,20 @@ class SparseCodes:
     def from_dense(cls, codes: np.ndarray) -> SparseCodes:
         """Keep the nonzero entries of ``codes [n, d]`` (exact zeros are inactive latents)."""
         n, d = codes.shape
-        # A boolean mask and flat positions: several times faster than np.nonzero on the float matrix.
-        active = codes != 0
-        flat = np.flatnonzero(active)
+        counts, flat = [], []
+        # A boolean mask and flat positions (several times faster than np.nonzero on the floats), over
+        # blocks of rows small enough for the mask to stay in cache.
+        step = max(1, _BLOCK_ENTRIES // max(d, 1))
+        for start in range(0, n, step):
+            active = codes[start : start + step] != 0
+            counts.append(np.count_nonzero(active, axis=1))
+            flat.append(np.flatnonzero(active) + start * d)
+        positions = np.concatenate(flat) if flat else np.zeros(0, np.int64)
         indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.count_nonzero(active, axis=1), out=indptr[1:])
-        values = codes.reshape(-1)[flat].astype(np.float32, copy=False)
-        return cls(indptr, (flat % d).astype(np.int32), values)
+        if n:
+            np.cumsum(np.concatenate(counts), out=indptr[1:])
+        values = codes.reshape(-1)[positions].astype(np.float32, copy=False)
+        return cls(indptr, (positions % d).astype(np.int32), values)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[np.ndarray, np.ndarray]]) -> SparseCodes:

@@ -57,7 +57,7 @@ def levels(kind: str, ctx: Context) -> list[Any]:
 
 
 def train_options(kind: str, ctx: Context) -> dict[str, Any]:
-    return {"steps": ctx.pick(200, 40), "batch_size": 256, "lr": LR.get(kind, 1e-3)}
+    return {"steps": ctx.pick(200, 30), "batch_size": 256, "lr": LR.get(kind, 1e-3)}
 
 
 def run(ctx: Context) -> StudyResult:

@@ -37,7 +37,7 @@ PUSH = {"push_coef": 0.1, "push_ratio": 100.0}
 
 
 def train_options(ctx: Context) -> dict[str, Any]:
-    return {"steps": ctx.pick(1000, 150), "batch_size": 128, "lr": 3e-3}
+    return {"steps": ctx.pick(1000, 100), "batch_size": 128, "lr": 3e-3}
 
 
 def levels(ctx: Context) -> dict[str, list[float]]:

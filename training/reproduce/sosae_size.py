@@ -55,7 +55,7 @@ def grid_sizes(ctx: Context) -> list[int]:
 
 
 def train_options(ctx: Context) -> dict[str, Any]:
-    return {"steps": ctx.pick(1000, 150), "batch_size": 128, "lr": 3e-3}
+    return {"steps": ctx.pick(1000, 100), "batch_size": 128, "lr": 3e-3}
 
 
 def run(ctx: Context) -> StudyResult:
