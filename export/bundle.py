@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 import zipfile
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from export.onnx import (
     served_model,
 )
 from service import bundle as B
+from service import playground as P
 from sparsecodes import __version__
 from sparsecodes import metrics as M
 from training.models import SparseAutoencoder
@@ -75,6 +77,7 @@ def export_run(
         files = write_graphs(tmp, served, run.normalizer, opset, fp16)
         np.save(tmp / B.EXAMPLES_FILE, np.ascontiguousarray(x_raw[:N_EXAMPLES], dtype=np.float32))
         files[B.EXAMPLES_ROLE] = B.EXAMPLES_FILE
+        files |= copy_plots(run_dir, tmp)
         parity, metrics = check_bundle(tmp, files, served, run.normalizer, x_raw, say)
         manifest = verify.write_manifest(
             tmp,
@@ -115,6 +118,21 @@ def write_graphs(
         export_encoder(served, normalizer, folder / B.ENCODER_FP16_FILE, opset, half=True)
         export_decoder(served, normalizer, folder / B.DECODER_FP16_FILE, opset, half=True)
         files |= {"encoder_fp16": B.ENCODER_FP16_FILE, "decoder_fp16": B.DECODER_FP16_FILE}
+    return files
+
+
+def copy_plots(run_dir: Path, folder: Path) -> dict[str, str]:
+    """Copy the run's report plots (``plots/<name>.png``) into the bundle for the playground page;
+    returns role (``plot:<name>``) → file. Names that are not URL-safe are skipped, not renamed."""
+    source = run_dir / P.PLOTS_DIR
+    plots = sorted(p for p in source.glob("*.png") if p.is_file() and P.PLOT_NAME_PATTERN.match(p.stem))
+    if plots:
+        (folder / P.PLOTS_DIR).mkdir()
+    files = {}
+    for path in plots:
+        name = f"{P.PLOTS_DIR}/{path.name}"
+        shutil.copyfile(path, folder / name)
+        files[P.plot_role(path.stem)] = name
     return files
 
 

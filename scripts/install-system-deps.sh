@@ -3,6 +3,8 @@
 # when missing (CI machines and developers' machines start without some of them):
 #   redis-server    the service's tests start a throwaway Redis on a free loopback port
 #   docker-compose  tests/deploy checks docker/docker-compose.yml with `docker-compose config`
+#   chromium        tests/service/test_playground.py drives the web page in headless Chromium (Playwright
+#                   launches this browser; it never downloads one)
 #
 # Idempotent: a machine that has everything runs no apt command at all. `apt-get update` runs at most once.
 # Usage: scripts/install-system-deps.sh           install what is missing (needs root or sudo)
@@ -13,6 +15,7 @@ set -euo pipefail
 declare -A PACKAGE_FOR=(
   [redis-server]=redis-server
   [docker-compose]=docker-compose
+  [chromium]=chromium
 )
 
 missing=()

@@ -20,10 +20,11 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics, oip, routes
+from service import metrics, oip, playground_routes, routes
 from service.engine import Engine, make_cache
 from service.errors import (
     InternalError,
@@ -264,8 +265,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(oip.health)
     app.include_router(oip.router)
+    playground_routes.install(app)  # the web page at / and the endpoints it reads
 
-    @app.get("/metrics", include_in_schema=True, tags=["operations"], summary="Prometheus metrics")
+    # response_class documents the text exposition format (the schema said application/json: schemathesis).
+    @app.get("/metrics", include_in_schema=True, tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)

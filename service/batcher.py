@@ -118,9 +118,14 @@ class Batcher(Generic[R]):
         try:
             result = await asyncio.get_running_loop().run_in_executor(self.executor, self.fn, x)
         except Exception as e:
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(e)
+            if len(batch) > 1:
+                # One request's rows may be what made the run fail (an input the graph rejects): rerun each
+                # request alone, in turn, so that only the culprit gets the error, not its batch-mates.
+                for p in batch:
+                    await self._run([p])
+                return
+            if not batch[0].future.done():
+                batch[0].future.set_exception(e)
             return
         finally:
             self._running = False

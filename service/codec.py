@@ -47,6 +47,8 @@ def loads(body: bytes) -> Any:
             json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise MalformedBody(f"the body is not valid JSON: {e}") from None
+        except RecursionError:  # orjson stops at 1024 levels; the fallback parser must not crash on them
+            raise MalformedBody(f"the JSON body is nested too deeply ({e}); arrays are at most 2 levels deep") from None
         raise InvalidInput("the body holds NaN or Infinity (or a number too large for a double); inputs must be finite") from None
 
 
@@ -170,6 +172,11 @@ def _int_vector(value: Any, dtype: str, field: str) -> np.ndarray:
     array = numbers(value, field) if value else np.zeros(0, np.int64)
     if array.ndim != 1 or array.dtype.kind not in "iu":
         raise InvalidInput(f"{field} must be a flat list of integers")
+    limits = np.iinfo(dtype)
+    if array.size and (array.min() < limits.min or array.max() > limits.max):
+        # Checked before casting: 2**63 + 5 as uint64 would otherwise wrap around into the valid index 5.
+        bad = array.max() if array.max() > limits.max else array.min()
+        raise InvalidInput(f"{field} holds {bad}, outside the {np.dtype(dtype).name} range")
     return array.astype(np.int64)
 
 
@@ -298,11 +305,14 @@ def write_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] | Non
     return struct.pack("<Q", len(head)) + head + b"".join(chunks)
 
 
-def tensor(tensors: dict[str, np.ndarray], name: str, kinds: str, what: str) -> np.ndarray:
-    """The tensor ``name`` of a binary body, whose dtype kind is in ``kinds`` ("f", "i")."""
+def tensor(tensors: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], what: str) -> np.ndarray:
+    """The tensor ``name`` of a binary body, whose dtype is one of ``dtypes`` ("float32", "int64").
+
+    Exact dtypes, not kinds: a float64 or float16 tensor where float32 is expected is refused rather than
+    silently converted (the caller would get codes of values it did not send, or pay double the bytes)."""
     if name not in tensors:
         raise InvalidInput(f"binary body lacks tensor {name!r} ({what}); it has {sorted(tensors)}")
     array = tensors[name]
-    if array.dtype.kind not in kinds:
+    if array.dtype.name not in dtypes:
         raise InvalidInput(f"binary tensor {name!r} has dtype {array.dtype.name}; expected {what}")
     return array

@@ -57,20 +57,15 @@ class SparseCodes:
     def from_dense(cls, codes: np.ndarray) -> SparseCodes:
         """Keep the nonzero entries of ``codes [n, d]`` (exact zeros are inactive latents)."""
         n, d = codes.shape
-        counts, flat = [], []
-        # A boolean mask and flat positions (several times faster than np.nonzero on the floats), over
-        # blocks of rows small enough for the mask to stay in cache.
+        # Flat positions of a boolean mask (several times faster than np.nonzero on the floats), block
+        # by block so that the mask stays in cache; row counts come from the few positions, not the mask.
         step = max(1, _BLOCK_ENTRIES // max(d, 1))
-        for start in range(0, n, step):
-            active = codes[start : start + step] != 0
-            counts.append(np.count_nonzero(active, axis=1))
-            flat.append(np.flatnonzero(active) + start * d)
-        positions = np.concatenate(flat) if flat else np.zeros(0, np.int64)
+        blocks = [np.flatnonzero(codes[start : start + step] != 0) + start * d for start in range(0, n, step)]
+        positions = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
         indptr = np.zeros(n + 1, dtype=np.int64)
-        if n:
-            np.cumsum(np.concatenate(counts), out=indptr[1:])
+        np.cumsum(np.bincount(positions // max(d, 1), minlength=n), out=indptr[1:])
         values = codes.reshape(-1)[positions].astype(np.float32, copy=False)
-        return cls(indptr, (positions % d).astype(np.int32), values)
+        return cls(indptr, (positions % max(d, 1)).astype(np.int32), values)
 
     @classmethod
     def from_rows(cls, rows: list[tuple[np.ndarray, np.ndarray]]) -> SparseCodes:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import codec
 from service.errors import InvalidInput, UnknownModel, UnsupportedMediaType
-from service.runtime import ModelRuntime
+from service.runtime import ModelRuntime, refused_models
 from service.schemas import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 from service.web import (
     ERROR_RESPONSES,
@@ -29,7 +29,6 @@ from service.web import (
 SERVER_NAME = "sparsecodes"
 CODE_OUTPUTS = ("indptr", "indices", "values")
 ALL_OUTPUTS = (*CODE_OUTPUTS, "x_hat")
-_FLOAT_TYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
 
 health = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=ERROR_RESPONSES)
@@ -86,9 +85,14 @@ async def model_version_metadata(name: str, version: str, request: Request) -> R
     return json_response(_metadata(_versioned(engine_of(request).model(name), version)))
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/ready", summary="Model readiness (503 with the reason for a bundle refused at start-up)")
 async def model_ready(name: str, request: Request) -> Response:
-    return json_response({"name": engine_of(request).model(name).name, "ready": True})
+    engine = engine_of(request)
+    if name not in engine.models:
+        refused = refused_models(getattr(request.app.state, "problems", {}))
+        if name in refused:
+            return json_response({"name": name, "ready": False, "error": f"refused at start-up: {refused[name]}"}, status_code=503)
+    return json_response({"name": engine.model(name).name, "ready": True})
 
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
@@ -104,7 +108,7 @@ def _input_x(body: dict[str, Any], d_in: int, max_rows: int) -> np.ndarray:
     t = inputs[0]
     if t.get("name") != "x":
         raise InvalidInput(f"unknown input {t.get('name')!r}; this model takes one input named 'x'")
-    if t.get("datatype") not in _FLOAT_TYPES:
+    if t.get("datatype") != "FP32":  # FP16/FP64 too: the graph takes float32, and silent casts hide client bugs
         raise InvalidInput(f"input x has datatype {t.get('datatype')!r}; expected FP32")
     shape = t.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s >= 0 for s in shape)):

@@ -10,6 +10,8 @@ from fastapi import APIRouter, Request, Response
 from service import codec
 from service.codes import SparseCodes
 from service.errors import InvalidInput
+from service.playground import plot_names
+from service.playground_routes import record_l0
 from service.runtime import ModelRuntime
 from service.schemas import (
     DecodeOptions,
@@ -50,7 +52,7 @@ def model_info(m: ModelRuntime) -> dict[str, Any]:
         name=man.name, version=man.version, kind=man.kind, d_in=man.d_in, d_sae=man.d_sae, d_served=man.d_served,
         providers=m.providers, metrics=man.metrics.model_dump(), input_shape=man.input_shape,
         flops_per_row=man.flops_per_row.model_dump(), sparse_decoder=m.sparse_decoder is not None,
-        created_at=man.created_at,
+        created_at=man.created_at, plots=plot_names(man),
     ).model_dump()
 
 
@@ -68,7 +70,7 @@ async def get_model(name: str, request: Request) -> Response:
 def _inputs(payload: Payload, m: ModelRuntime, max_rows: int) -> tuple[np.ndarray, bool]:
     """The request's rows ``[n, d_in]`` float32 and whether they arrived base64-encoded."""
     if payload.binary:
-        x = codec.tensor(payload.tensors, "inputs", "f", "float32 [n, d_in]")
+        x = codec.tensor(payload.tensors, "inputs", ("float32",), "float32 [n, d_in]")
         return codec.check_matrix(x, m.d_in, "inputs", max_rows), False
     if "inputs" not in payload.json:
         raise InvalidInput("the body lacks 'inputs': a list of rows of d_in numbers (or a base64 string)")
@@ -93,6 +95,7 @@ async def encode(name: str, request: Request) -> Response:
     x, used_b64 = _inputs(payload, m, settings.max_rows)
     opts = options(EncodeOptions, request, payload.json)
     codes = await engine.encode(m, x, opts.max_active)
+    record_l0(request, m.name, codes.l0)
     x_hat = error = None
     if opts.return_reconstruction:
         x_hat = await engine.decode(m, codes)
@@ -128,9 +131,9 @@ async def decode(name: str, request: Request) -> Response:
     if payload.binary:
         t = payload.tensors
         raw = SparseCodes(
-            codec.tensor(t, "indptr", "iu", "int64 [n + 1]").astype(np.int64),
-            codec.tensor(t, "indices", "iu", "int32 or int64 [nnz]").astype(np.int64),
-            codec.tensor(t, "values", "f", "float32 [nnz]").astype(np.float32),
+            codec.tensor(t, "indptr", ("int64",), "int64 [n + 1]").astype(np.int64),
+            codec.tensor(t, "indices", ("int32", "int64"), "int32 or int64 [nnz]").astype(np.int64),
+            codec.tensor(t, "values", ("float32",), "float32 [nnz]").astype(np.float32),
         )
         used_b64 = False
     else:
@@ -166,6 +169,7 @@ async def denoise(name: str, request: Request) -> Response:
     x, used_b64 = _inputs(payload, m, settings.max_rows)
     opts = options(DenoiseOptions, request, payload.json)
     codes = await engine.encode(m, x, opts.max_active)
+    record_l0(request, m.name, codes.l0)
     x_hat = await engine.decode(m, codes)
     engine.observe_error(m, x, x_hat)
     if wants_binary(request, payload):

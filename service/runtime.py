@@ -214,3 +214,19 @@ def load_models(model_dir: Path, providers: list[str]) -> tuple[dict[str, ModelR
             ",".join(runtime.providers), time.perf_counter() - start,
         )
     return models, problems
+
+
+def refused_models(problems: dict[str, str]) -> dict[str, str]:
+    """Model name → why its bundle was refused, for the folders ``load_models`` skipped (its ``problems``).
+
+    The name is the manifest's when the manifest can still be read (no hashing), else the folder's name;
+    so a client asking ``/v2/models/{name}/ready`` for a refused model learns that it is not ready and why.
+    """
+    refused = {}
+    for folder, problem in problems.items():
+        try:
+            name = bundle.read_manifest(folder).name
+        except BundleError:
+            name = Path(folder).name
+        refused.setdefault(name, problem)
+    return refused

@@ -123,10 +123,39 @@ class ModelInfo(BaseModel):
     flops_per_row: dict[str, int]
     sparse_decoder: bool = Field(description="Decoding costs nnz × d_in (a sparse decoder graph is loaded).")
     created_at: str
+    plots: list[str] = Field(default_factory=list, description="Training-report plots the bundle carries (GET .../plots/{plot}).")
 
 
 class ModelList(BaseModel):
     models: list[ModelInfo]
+
+
+# -- playground helpers (small public endpoints the web page uses) -------------------------------------
+
+
+class ExampleList(BaseModel):
+    model: str
+    input_shape: list[int] | None = Field(None, description="Image shape when rows are flattened images, else null.")
+    inputs: list[list[float]] = Field(description="Held-out input rows [n, d_in] in raw units, shipped in the bundle.")
+
+
+class L0Histogram(BaseModel):
+    l0: list[int] = Field(description="Distinct active-latent counts seen, ascending.")
+    count: list[int] = Field(description="Rows with that L0.")
+
+
+class ModelStats(BaseModel):
+    model: str
+    window: int = Field(description="Most recent rows kept per model (a ring buffer in this process).")
+    rows: int = Field(description="Rows in the window now.")
+    rows_total: int = Field(description="Rows encoded by this process since it started (encode and denoise).")
+    l0_mean: float | None = Field(description="Mean L0 over the window; null before the first row.")
+    histogram: L0Histogram
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "digits-sosae", "window": 4096, "rows": 3, "rows_total": 3, "l0_mean": 7.0,
+                                         "histogram": {"l0": [5, 8], "count": [1, 2]}}]}
+    )
 
 
 class ErrorDetail(BaseModel):

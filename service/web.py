@@ -3,6 +3,7 @@ parsing, API-key auth, and the OpenAPI description of raw-body endpoints."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,11 +137,12 @@ def check_api_key(authorization: str | None, keys: list[str]) -> None:
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'")
-    token = given.strip().encode()
-    # Compare against every key without stopping at the first match, so timing reveals nothing.
+    # Compare fixed-length digests (so not even a key's length shows in the timing) against every key,
+    # without stopping at the first match (so neither does which key matched).
+    token = hashlib.sha256(given.strip().encode()).digest()
     accepted = False
     for key in keys:
-        accepted |= hmac.compare_digest(token, key.encode())
+        accepted |= hmac.compare_digest(token, hashlib.sha256(key.encode()).digest())
     if not accepted:
         raise Unauthorized("API key not accepted")
 

@@ -15,7 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "export": ("export.bench", "ONNX export: parity and graph speed against PyTorch"),
     "train": ("training.bench", "training throughput of every kind against a plain PyTorch TopK loop"),
-    "load": ("service.load", "sustained load against a running deployment"),
+    "load": ("service.loadbench", "60 s of mixed load on loopback: errors, latency, memory growth (--soak: 10 min)"),
 }
 
 
