@@ -50,7 +50,8 @@ def test_bundle_is_complete_and_passes_the_full_onnx_check(kind: str, bundle_of:
     folder = bundle_of(kind)
     manifest = B.load_manifest(folder)  # schema + every file's size and sha256
     assert manifest.kind == kind and manifest.schema_version == B.SCHEMA_VERSION
-    assert set(manifest.files) == {"encoder", "decoder", "decoder_sparse", "examples"}
+    assert {r for r in manifest.files if not r.startswith("plot:")} == {"encoder", "decoder", "decoder_sparse", "examples"}
+    assert {"plot:loss", "plot:activity", "plot:active_dims"} <= set(manifest.files), "the run's plots travel along"
     for role in ("encoder", "decoder", "decoder_sparse"):
         onnx.checker.check_model(str(folder / manifest.files[role].path), full_check=True)
     sessions = B.open_sessions(folder, manifest)  # the service's own signature check

@@ -254,7 +254,7 @@ def test_vector_model_examples_line_plots_and_a_readable_api_error(browser: Any,
     error = p.page.inner_text("#error")
     assert "422" in error and "invalid_input" in error and "expects d_in=40" in error, error
     assert "request failed" in p.page.inner_text("#recon-view")  # the panels say why, they are not blank
-    assert "request failed" in p.page.inner_text("#code-chart")
+    assert "request failed" in p.page.text_content("#code-chart")
     p.shot("vector-api-error")
 
     p.page.fill("#vector-text", "1, 2, x")
