@@ -51,7 +51,7 @@ class ReferenceTopK(torch.nn.Module):
         self.k = k
         self.W_enc = torch.nn.Parameter(torch.randn(d_sae, d_in) / d_in**0.5)
         self.b_enc = torch.nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = torch.nn.Parameter(self.W_enc.data.t().clone())
+        self.W_dec = torch.nn.Parameter(self.W_enc.data.t().contiguous())
         self.b_dec = torch.nn.Parameter(torch.zeros(d_in))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ def make_stepper(name: str, args: argparse.Namespace, x: torch.Tensor):
 
     def step(i: int) -> None:
         # Mid-training progress: SoftSAE is in its soft (LapSum) phase, the costlier one.
-        train_step(sae, sae, x, opt, sched, cfg, Progress(step=5000 + i, total_steps=10_000))
+        train_step(sae, sae, x, opt, sched, cfg, Progress(step=5000 + i, total_steps=10_000, log=False))
 
     return step
 

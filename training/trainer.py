@@ -246,8 +246,9 @@ def fit(
     for step in bar:
         idx = batches.next()[info.rank * local_batch : (info.rank + 1) * local_batch]
         x = x_train[idx].to(device, non_blocking=True)
-        parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total))
-        if step % log_every == 0 or step == total - 1:
+        logged = step % log_every == 0 or step == total - 1
+        parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total, log=logged))
+        if logged:
             history.log(step, parts)
             bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and info.main:
@@ -275,6 +276,8 @@ def train_step(
     optimizer.step()
     scheduler.step()
     sae.after_optimizer_step_()
+    if not progress.log:
+        return {}
     parts = {"loss": float(out.loss.detach())}
     parts.update({k: float(v) for k, v in out.parts.items()})
     parts["l0"] = float((out.code != 0).sum(-1).float().mean())

@@ -65,6 +65,9 @@ class Progress:
     """Optimiser steps taken so far (0-based)."""
     total_steps: int
     """Planned number of optimiser steps."""
+    log: bool = True
+    """Whether this step's per-row diagnostics will be looked at. Kinds may skip costly ones (VAEase's
+    two-means active set) on the other steps; the loss never depends on it."""
 
     @property
     def fraction(self) -> float:

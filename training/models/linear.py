@@ -36,7 +36,7 @@ class LinearSAE(SparseAutoencoder):
         W_dec = torch.randn(d_in, d_sae)
         unit_norm_columns_(W_dec)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.t().clone())  # W_enc = W_decᵀ at init (Gao et al.; SoftSAE code)
+        self.W_enc = nn.Parameter(W_dec.t().contiguous())  # W_enc = W_decᵀ at init (Gao et al.; SoftSAE code)
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # Steps since each latent last fired (for AuxK). A buffer so it is saved and resumed.
