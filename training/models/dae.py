@@ -9,16 +9,14 @@ so validation losses measure plain reconstruction; the denoising study corrupts 
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from training.models.base import Progress, SAEConfig, SparseAutoencoder, StepOutput, check_keep, row_mse
+from training.models.base import Progress, SAEConfig, StepOutput, row_mse
 from training.models.registry import register
-from training.models.sosae import mlp_autoencoder, mlp_flops, select_mlp_latents
+from training.models.sosae import MLPAutoencoder
 
 NOISES = ("gaussian", "salt_pepper", "mask")
 
@@ -74,15 +72,11 @@ class DAEConfig(SAEConfig):
 
 
 @register("dae")
-class DAE(SparseAutoencoder):
+class DAE(MLPAutoencoder):
     """Encoder MLP → ``z = ReLU(·) [B, d_sae]`` → decoder MLP; loss ``||x_clean − dec(enc(corrupt(x)))||²``."""
 
     config_cls = DAEConfig
     cfg: DAEConfig
-
-    def __init__(self, cfg: DAEConfig) -> None:
-        super().__init__(cfg)
-        self.encoder, self.decoder = mlp_autoencoder(cfg.d_in, cfg.hidden, cfg.d_sae)
 
     def forward(
         self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
@@ -94,32 +88,3 @@ class DAE(SparseAutoencoder):
         x_hat = self.decode(z)
         mse = row_mse(x_hat, target)
         return StepOutput(loss=mse, parts={"mse": mse.detach()}, x_hat=x_hat, code=z)
-
-    def encode(self, x: Tensor) -> Tensor:
-        """``ReLU(encoder(x))`` → ``[B, d_served]``."""
-        return torch.relu(self.encoder(x))
-
-    def decode(self, code: Tensor) -> Tensor:
-        return self.decoder(code)
-
-    def decoder_input_layer(self) -> tuple[Tensor, Tensor]:
-        """The decoder's first ``nn.Linear`` (``weight [h, d_served]``, ``bias [h]``): the sparse-decode hook."""
-        return self.decoder[0].weight, self.decoder[0].bias
-
-    def decode_from_input(self, h: Tensor) -> Tensor:
-        """The decoder after its first layer (empty for a linear decoder, i.e. the identity)."""
-        return self.decoder[1:](h)
-
-    def select_latents(self, keep: Tensor) -> DAE:
-        keep = check_keep(keep, self.d_served)
-        new = copy.deepcopy(self)
-        select_mlp_latents(new.encoder, new.decoder, keep)
-        new.cfg = dataclasses.replace(self.cfg, d_sae=len(keep))
-        return new
-
-    def flops_per_row(self) -> dict[str, int]:
-        return {"encoder": mlp_flops(self.encoder), "decoder": mlp_flops(self.decoder)}
-
-    @property
-    def d_served(self) -> int:
-        return int(self.encoder[-1].out_features)

@@ -157,30 +157,13 @@ def mlp_flops(*nets: nn.Sequential) -> int:
 # -- the model ---------------------------------------------------------------------------------------------
 
 
-@register("sosae")
-class SOSAE(SparseAutoencoder):
-    """Encoder MLP → ``z = ReLU(·) [B, d_sae]`` → decoder MLP; loss ``mse + λ · mean_batch Σ_i w_i z_i``."""
+class MLPAutoencoder(SparseAutoencoder):
+    """Encoder MLP → ``z = ReLU(·) [B, d_sae]`` → decoder MLP: the body SOSAE and the DAE share.
+    Subclasses define ``forward`` (their loss)."""
 
-    config_cls = SOSAEConfig
-    cfg: SOSAEConfig
-
-    def __init__(self, cfg: SOSAEConfig) -> None:
+    def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
-        self.encoder, self.decoder = mlp_autoencoder(cfg.d_in, cfg.hidden, cfg.d_sae)
-        # A buffer so the weights move with the model's device and a truncated model keeps its slice.
-        self.register_buffer("push_weights", position_weights(cfg.d_sae, cfg.push_ratio, cfg.push_schedule))
-
-    def forward(
-        self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
-    ) -> StepOutput:
-        z = self.encode(x)
-        x_hat = self.decode(z)
-        mse = row_mse(x_hat, x if target is None else target)
-        # z ≥ 0 after the ReLU, so |z_i| = z_i.
-        push = self.cfg.push_coef * (z * self.push_weights).sum(dim=-1).mean()
-        return StepOutput(
-            loss=mse + push, parts={"mse": mse.detach(), "push": push.detach()}, x_hat=x_hat, code=z
-        )
+        self.encoder, self.decoder = mlp_autoencoder(cfg.d_in, cfg.hidden, cfg.d_sae)  # type: ignore[attr-defined]
 
     def encode(self, x: Tensor) -> Tensor:
         """``ReLU(encoder(x))`` → ``[B, d_served]``; the ReLU gives the exact zeros."""
@@ -197,12 +180,49 @@ class SOSAE(SparseAutoencoder):
         """The decoder after its first layer (empty for a linear decoder, i.e. the identity)."""
         return self.decoder[1:](h)
 
-    def select_latents(self, keep: Tensor) -> SOSAE:
+    def select_latents(self, keep: Tensor) -> MLPAutoencoder:
         keep = check_keep(keep, self.d_served)
         new = copy.deepcopy(self)
         select_mlp_latents(new.encoder, new.decoder, keep)
-        new.push_weights = self.push_weights[keep.to(self.push_weights.device)].clone()
         new.cfg = dataclasses.replace(self.cfg, d_sae=len(keep))
+        return new
+
+    def flops_per_row(self) -> dict[str, int]:
+        return {"encoder": mlp_flops(self.encoder), "decoder": mlp_flops(self.decoder)}
+
+    @property
+    def d_served(self) -> int:
+        return int(self.encoder[-1].out_features)
+
+
+@register("sosae")
+class SOSAE(MLPAutoencoder):
+    """Encoder MLP → ``z = ReLU(·) [B, d_sae]`` → decoder MLP; loss ``mse + λ · mean_batch Σ_i w_i z_i``."""
+
+    config_cls = SOSAEConfig
+    cfg: SOSAEConfig
+
+    def __init__(self, cfg: SOSAEConfig) -> None:
+        super().__init__(cfg)
+        # A buffer so the weights move with the model's device and a truncated model keeps its slice.
+        self.register_buffer("push_weights", position_weights(cfg.d_sae, cfg.push_ratio, cfg.push_schedule))
+
+    def forward(
+        self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
+    ) -> StepOutput:
+        z = self.encode(x)
+        x_hat = self.decode(z)
+        mse = row_mse(x_hat, x if target is None else target)
+        # z ≥ 0 after the ReLU, so |z_i| = z_i.
+        push = self.cfg.push_coef * (z * self.push_weights).sum(dim=-1).mean()
+        return StepOutput(
+            loss=mse + push, parts={"mse": mse.detach(), "push": push.detach()}, x_hat=x_hat, code=z
+        )
+
+    def select_latents(self, keep: Tensor) -> SOSAE:
+        keep = check_keep(keep, self.d_served)
+        new = super().select_latents(keep)
+        new.push_weights = self.push_weights[keep.to(self.push_weights.device)].clone()
         return new
 
     def truncate(self, K: int) -> SOSAE:
@@ -211,16 +231,9 @@ class SOSAE(SparseAutoencoder):
             raise ValueError(f"cut point K must lie in [1, {self.d_served}], got {K}")
         return self.select_latents(torch.arange(K))
 
-    def flops_per_row(self) -> dict[str, int]:
-        return {"encoder": mlp_flops(self.encoder), "decoder": mlp_flops(self.decoder)}
-
     def diagnostics(self, x: Tensor) -> dict[str, Tensor]:
         """``last_active [B]``: one past each row's last active position (0 for an all-zero code); the
         cut point must cover it for that row to be reproduced exactly."""
         active = self.encode(x) > 0
         positions = torch.arange(1, active.shape[-1] + 1, device=x.device)
         return {"last_active": (active * positions).amax(dim=-1)}
-
-    @property
-    def d_served(self) -> int:
-        return int(self.encoder[-1].out_features)
