@@ -27,7 +27,8 @@ DEMO_MODELS = (
         "digits-sosae",
         "sosae",
         "digits",
-        {"d_sae": 64, "hidden": [128]},
+        # push_coef 0.1 on digits: cut point ≈ 27 of 64, fvu ≈ 0.08 (the default 1.0 keeps only ~3 latents here).
+        {"d_sae": 64, "hidden": [128], "push_coef": 0.1},
         {"steps": 1500, "batch_size": 256, "lr": 3e-3},
     ),
     DemoModel(
@@ -41,8 +42,9 @@ DEMO_MODELS = (
         "subspaces-vaease",
         "vaease",
         "subspaces",
-        {"d_sae": 20},
-        {"steps": 1500, "batch_size": 1024, "lr": 1e-2},
+        # The VAEase reference setting (methods.md): narrow Swish MLP, lr 0.01, batch 1024, cosine restarts.
+        {"d_sae": 20, "hidden": [40, 40, 40]},
+        {"steps": 2000, "batch_size": 1024, "lr": 1e-2, "lr_schedule": "cosine_restarts"},
     ),
 )
 
