@@ -31,7 +31,9 @@ from training.normalization import Normalizer
 
 PARITY_BATCH_SIZES = (1, 7, 1000)
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
-"""Bound on the max absolute and the max relative error (normalised units) for publishing. In the tests
+"""Bound on the max relative error (the largest absolute error of an output divided by that output's
+largest magnitude) for publishing. An absolute bound would fail models whose codes are merely large (a
+VAEase code of magnitude ~7 differs by ~4e-4 at 5e-5 relative); the absolute figure is still recorded. In the tests
 every kind's fp32 graphs stay below 1e-5 relative; fp16 keeps ~3 significant digits per op and stays
 below 5e-3, so its bound is loose on purpose (it guards against a broken graph, not against rounding)."""
 MAX_TIE_SHARE = {"fp32": 0.01, "fp16": 0.25}
@@ -154,7 +156,7 @@ def measure_parity(
 
 def _enforce(parity: B.Parity, precision: str) -> None:
     tol = parity.tolerance
-    if not (parity.max_abs_error <= tol and parity.max_rel_error <= tol):
+    if not parity.max_rel_error <= tol:
         raise ExportError(
             f"{precision} graphs do not match PyTorch: max abs error {parity.max_abs_error:.3g}, max relative "
             f"error {parity.max_rel_error:.3g}, tolerance {tol:g}"

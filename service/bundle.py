@@ -98,7 +98,7 @@ class Parity(_Strict):
 
     max_abs_error: float
     max_rel_error: float
-    tolerance: float = Field(description="The bound both errors had to meet for export to publish.")
+    tolerance: float = Field(description="The bound max_rel_error had to meet for export to publish (max_abs_error is recorded for reference).")
     batch_sizes: list[int]
     index_mismatch_rows: int = Field(
         ge=0, description="Rows whose set of nonzero indices differs (documented ties), out of those checked."
