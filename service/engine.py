@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +24,10 @@ from service.runtime import ModelRuntime
 from service.settings import Settings
 
 log = logging.getLogger("sparsecodes.engine")
+
+# Engines currently publishing each sparsecodes_model_info series. One process normally runs one engine, but
+# tests (and embedding apps) may run several at once: a series goes only when its last holder closes.
+_INFO_HOLDERS: Counter[tuple[str, str, str, str]] = Counter()
 
 
 def make_cache(settings: Settings) -> CodeCache | None:
@@ -60,7 +65,9 @@ class Engine:
                     name=name,
                     load=load,
                 )
-            MODEL_INFO.labels(model=name, version=m.manifest.version, kind=m.manifest.kind, provider=m.provider).set(1)
+            key = (name, m.manifest.version, m.manifest.kind, m.provider)
+            _INFO_HOLDERS[key] += 1
+            MODEL_INFO.labels(*key).set(1)
 
     def model(self, name: str) -> ModelRuntime:
         try:
@@ -125,4 +132,8 @@ class Engine:
             await self.cache.close()
         self.executor.shutdown(wait=True)
         for name, m in self.models.items():
-            MODEL_INFO.remove(name, m.manifest.version, m.manifest.kind, m.provider)
+            key = (name, m.manifest.version, m.manifest.kind, m.provider)
+            _INFO_HOLDERS[key] -= 1
+            if _INFO_HOLDERS[key] <= 0:
+                del _INFO_HOLDERS[key]
+                MODEL_INFO.remove(*key)
