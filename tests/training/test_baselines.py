@@ -7,21 +7,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.models.base import Progress, SparseAutoencoder
+from tests.training.loops import adam_loop, low_rank
+from training.models.base import SparseAutoencoder
 from training.models.batchtopk import BatchTopKConfig, BatchTopKSAE
 from training.models.dae import DAE, DAEConfig, corrupt
 from training.models.relu_l1 import ReLUL1Config, ReLUL1SAE
 from training.models.topk import TopKConfig, TopKSAE
 
 D_IN, D_SAE, K = 16, 48, 4
-
-
-def low_rank(n: int, d_in: int, rank: int, seed: int = 0) -> torch.Tensor:
-    """``n`` rows on a random ``rank``-dim subspace of R^d_in, centred, mean squared norm 1."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, rank, generator=g) @ torch.randn(rank, d_in, generator=g)
-    x = x - x.mean(dim=0)
-    return x / x.pow(2).sum(dim=-1).mean().sqrt()
 
 
 def sparse_features(n: int, d_in: int, n_features: int, p: float, seed: int = 0) -> torch.Tensor:
@@ -37,19 +30,7 @@ def sparse_features(n: int, d_in: int, n_features: int, p: float, seed: int = 0)
 
 
 def train(model: SparseAutoencoder, x: torch.Tensor, steps: int, lr: float = 1e-2, batch: int = 256) -> None:
-    """A minimal Adam loop honouring the interface's optimiser hooks."""
-    g = torch.Generator().manual_seed(1)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.init_from_data_(x[:batch])
-    model.train()
-    for step in range(steps):
-        out = model(x[torch.randint(len(x), (batch,), generator=g)], progress=Progress(step, steps))
-        opt.zero_grad()
-        out.loss.backward()
-        model.before_optimizer_step_()
-        opt.step()
-        model.after_optimizer_step_()
-    model.eval()
+    adam_loop(model, x, steps, lr, batch, seed=1)
 
 
 def fvu_and_l0(model: SparseAutoencoder, x: torch.Tensor) -> tuple[float, torch.Tensor]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.training.loops import adam_loop
 from training.models import Progress, build, make_config
 from training.models.lapsum import soft_topk
 from training.models.softsae import SoftSAE
@@ -156,21 +157,7 @@ def subspace_groups(
 
 
 def train(model: SoftSAE, x: torch.Tensor, steps: int, lr: float, batch: int = 256) -> None:
-    """A minimal Adam loop with the model's hooks (the trainer's contract)."""
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.init_from_data_(x[:batch])
-    model.train()
-    for step in range(steps):
-        xb = x[torch.randint(len(x), (batch,), generator=g)]
-        out = model(xb, xb, Progress(step=step, total_steps=steps))
-        opt.zero_grad()
-        out.loss.backward()
-        model.before_optimizer_step_()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        model.after_optimizer_step_()
-    model.eval()
+    adam_loop(model, x, steps, lr, batch, seed=0, clip=1.0)
 
 
 def test_k_hat_follows_intrinsic_dimension_and_l0_meets_the_budget() -> None:

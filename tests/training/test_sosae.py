@@ -7,34 +7,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.models.base import Progress, SparseAutoencoder
+from tests.training.loops import adam_loop, low_rank
+from training.models.base import SparseAutoencoder
 from training.models.sosae import SOSAE, SOSAEConfig, cut_point, position_weights
 
 D_IN = 12
 
 
-def low_rank(n: int, d_in: int, rank: int, seed: int = 0) -> torch.Tensor:
-    """``n`` rows on a random ``rank``-dim subspace of R^d_in, centred, mean squared norm 1."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, rank, generator=g) @ torch.randn(rank, d_in, generator=g)
-    x = x - x.mean(dim=0)
-    return x / x.pow(2).sum(dim=-1).mean().sqrt()
-
-
 def train(model: SparseAutoencoder, x: torch.Tensor, steps: int, lr: float = 1e-2, batch: int = 256) -> None:
-    """A minimal Adam loop honouring the interface's optimiser hooks."""
-    g = torch.Generator().manual_seed(1)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.init_from_data_(x[:batch])
-    model.train()
-    for step in range(steps):
-        out = model(x[torch.randint(len(x), (batch,), generator=g)], progress=Progress(step, steps))
-        opt.zero_grad()
-        out.loss.backward()
-        model.before_optimizer_step_()
-        opt.step()
-        model.after_optimizer_step_()
-    model.eval()
+    adam_loop(model, x, steps, lr, batch, seed=1)
 
 
 def sosae(**options) -> SOSAE:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tests.training.loops import adam_loop
 from training.models import Progress, build, make_config
 from training.models.vaease import LOG_VAR_MIN, VAEase, fixed_rule_active, two_means_active
 
@@ -202,24 +203,13 @@ def union_of_subspaces(n: int = 6000, dims: tuple[int, ...] = (4, 4, 4), d: int 
 
 
 def train(model: VAEase, x: torch.Tensor, steps: int, lr: float = 1e-2, batch: int = 512) -> VAEase:
-    """A minimal Adam loop with the model's hooks and methods.md's reference schedule for this set:
-    cosine annealing with warm restarts stepped per batch (periods of 10, 20, 40, … steps)."""
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10, T_mult=2, eta_min=1e-6)
-    model.init_from_data_(x[:batch])
-    model.train()
-    for step in range(steps):
-        xb = x[torch.randint(len(x), (batch,), generator=g)]
-        out = model(xb, xb, Progress(step=step, total_steps=steps))
-        opt.zero_grad()
-        out.loss.backward()
-        model.before_optimizer_step_()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
-        model.after_optimizer_step_()
-    return model.eval()
+    """methods.md's reference schedule for this set: cosine annealing with warm restarts stepped per batch
+    (periods of 10, 20, 40, … steps)."""
+
+    def cosine(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10, T_mult=2, eta_min=1e-6)
+
+    return adam_loop(model, x, steps, lr, batch, seed=0, clip=1.0, schedule=cosine)  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
