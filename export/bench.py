@@ -217,7 +217,7 @@ def decode_timings(
     """Dense vs sparse decode of TopK codes (``k`` nonzeros of ``d_served``), ONNX Runtime and PyTorch."""
     dense_sess = session(export_decoder(model, normalizer, folder / "decoder.onnx", opset=18), args.threads)
     sparse_path = export_sparse_decoder(model, normalizer, folder / "decoder_sparse.onnx", opset=18)
-    sparse_sess = session(sparse_path, args.threads)
+    sparse_sess = session(sparse_path, 1)  # service.bundle.SEQUENTIAL_ROLES: the scatter-add is only correct on one thread
     dense_torch = ServedDecoder(model, normalizer).eval()
     out = []
     for n in args.batch_sizes:

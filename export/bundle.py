@@ -148,7 +148,7 @@ def check_bundle(
     graph_files = {role: folder / f for role, f in files.items() if role in B.GRAPH_FILES}
     for path in graph_files.values():
         verify.check_graph(path)
-    sessions = {role: verify.cpu_session(path) for role, path in graph_files.items()}
+    sessions = {role: verify.cpu_session(path, role in B.SEQUENTIAL_ROLES) for role, path in graph_files.items()}
     variants = {"fp32": verify.Graphs(sessions["encoder"], sessions["decoder"], sessions["decoder_sparse"])}
     if "encoder_fp16" in sessions:
         variants["fp16"] = verify.Graphs(sessions["encoder_fp16"], sessions["decoder_fp16"])

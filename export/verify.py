@@ -59,9 +59,12 @@ def check_graph(path: Path) -> None:
         raise ExportError(f"{path.name}: fails onnx.checker: {e}") from None
 
 
-def cpu_session(path: Path) -> ort.InferenceSession:
+def cpu_session(path: Path, sequential: bool = False) -> ort.InferenceSession:
+    """``sequential``: one intra-op thread (see ``service.bundle.SEQUENTIAL_ROLES``)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if sequential:
+        options.intra_op_num_threads = 1
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ONNX Runtime raises several unrelated types for a graph it cannot load

@@ -61,8 +61,11 @@ def resolve_providers(spec: str) -> list[str]:
     return chosen
 
 
-def _session(path: Path, providers: list[str]) -> ort.InferenceSession:
+def _session(path: Path, providers: list[str], sequential: bool = False) -> ort.InferenceSession:
+    """``sequential``: one intra-op thread (see ``bundle.SEQUENTIAL_ROLES``)."""
     options = ort.SessionOptions()
+    if sequential:
+        options.intra_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: a CUDA fallback is reported per model instead
     # ORT's worker threads spin after each run by default; in a server they would burn the cores that the
@@ -159,7 +162,7 @@ def load_model(folder: Path, providers: list[str], *, warm_up: bool = True) -> M
     encoder = _session(folder / files["encoder"].path, providers)
     decoder = _session(folder / files["decoder"].path, providers)
     sparse = files.get("decoder_sparse")
-    sparse_decoder = _session(folder / sparse.path, providers) if sparse else None
+    sparse_decoder = _session(folder / sparse.path, providers, sequential=True) if sparse else None
     examples = None
     if bundle.EXAMPLES_ROLE in files:
         try:

@@ -50,8 +50,15 @@ def test_bundle_is_complete_and_passes_the_full_onnx_check(kind: str, bundle_of:
     folder = bundle_of(kind)
     manifest = B.load_manifest(folder)  # schema + every file's size and sha256
     assert manifest.kind == kind and manifest.schema_version == B.SCHEMA_VERSION
-    assert {r for r in manifest.files if not r.startswith("plot:")} == {"encoder", "decoder", "decoder_sparse", "examples"}
-    assert {"plot:loss", "plot:activity", "plot:active_dims"} <= set(manifest.files), "the run's plots travel along"
+    assert {r for r in manifest.files if not r.startswith("plot:")} == {
+        "encoder",
+        "decoder",
+        "decoder_sparse",
+        "examples",
+    }
+    assert {"plot:loss", "plot:activity", "plot:active_dims"} <= set(manifest.files), (
+        "the run's plots travel along"
+    )
     for role in ("encoder", "decoder", "decoder_sparse"):
         onnx.checker.check_model(str(folder / manifest.files[role].path), full_check=True)
     sessions = B.open_sessions(folder, manifest)  # the service's own signature check
@@ -350,3 +357,35 @@ def test_wrappers_fold_normalisation(run_of: Callable[[str], Path]) -> None:
         ref_x_hat = run.normalizer.invert(run.model.decode(ref).numpy())
     np.testing.assert_allclose(codes.numpy(), ref.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(x_hat, ref_x_hat, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_decode_runs_on_one_thread_and_is_exact_on_large_batches(
+    bundle_of: Callable[..., Path],
+) -> None:
+    """ONNX Runtime's multi-threaded ScatterND loses additions on duplicate indices (service.bundle.
+    SEQUENTIAL_ROLES); every opener of the sparse decoder must give it one intra-op thread."""
+    import numpy as np
+
+    from service.runtime import load_model
+
+    folder = bundle_of("topk")
+    manifest = B.load_manifest(folder)
+    sessions = B.open_sessions(folder, manifest)
+    runtime = load_model(folder, ["CPUExecutionProvider"], warm_up=False)
+    for sess in (sessions["decoder_sparse"], runtime.sparse_decoder):
+        assert sess.get_session_options().intra_op_num_threads == 1
+    x = np.load(folder / manifest.files["examples"].path)
+    x = np.tile(x, (4000 // len(x) + 1, 1))[:4000].astype(np.float32)
+    codes = sessions["encoder"].run(None, {"x": x})[0]
+    dense = sessions["decoder"].run(None, {"codes": codes})[0]
+    rows, idx = np.nonzero(codes)
+    feeds = {
+        "rows": rows.astype(np.int64),
+        "indices": idx.astype(np.int64),
+        "values": codes[rows, idx].astype(np.float32),
+        "n_rows": np.array([len(x)], np.int64),
+    }
+    for _ in range(5):
+        np.testing.assert_allclose(
+            sessions["decoder_sparse"].run(None, feeds)[0], dense, rtol=1e-4, atol=1e-4
+        )
