@@ -48,3 +48,24 @@ def adam_loop(
             sched.step()
         model.after_optimizer_step_()
     return model.eval()
+
+
+def export_and_run_encode(model: SparseAutoencoder, path, x: torch.Tensor):
+    """Export ``model.encode`` with torch's dynamo exporter (dynamic batch, traced at batch 3) and run it
+    in ONNX Runtime on ``x`` (another batch size); returns ``(onnx_code, torch_code)`` as NumPy arrays."""
+    import onnxruntime as ort
+
+    class Encode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model.encode(x)
+
+    batch = torch.export.Dim("batch")
+    d_in = x.shape[1]
+    torch.onnx.export(Encode(), (torch.randn(3, d_in),), str(path), dynamic_shapes=({0: batch},), dynamo=True)
+    session = ort.InferenceSession(str(path))
+    (code,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return code, model.encode(x).detach().numpy()

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
-from tests.training.loops import adam_loop, low_rank
+from tests.training.loops import adam_loop, export_and_run_encode, low_rank
 from training.models.base import SparseAutoencoder
 from training.models.batchtopk import BatchTopKConfig, BatchTopKSAE
 from training.models.dae import DAE, DAEConfig, corrupt
@@ -93,21 +92,7 @@ def test_encode_exports_to_onnx(make, tmp_path) -> None:
     if isinstance(model, BatchTopKSAE):
         model.threshold.fill_(0.05)  # a trained-looking θ, so the comparison is not just a ReLU
 
-    class Encode(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model.encode(x)
-
-    path = tmp_path / "encode.onnx"
-    batch = torch.export.Dim("batch")
-    torch.onnx.export(Encode(), (torch.randn(3, D_IN),), str(path), dynamic_shapes=({0: batch},), dynamo=True)
-    session = ort.InferenceSession(str(path))
-    x = torch.randn(9, D_IN)  # another batch size than at export
-    (code,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    expected = model.encode(x).detach().numpy()
+    code, expected = export_and_run_encode(model, tmp_path / "encode.onnx", torch.randn(9, D_IN))
     np.testing.assert_allclose(code, expected, atol=1e-5)
     assert np.array_equal(code != 0, expected != 0)
 

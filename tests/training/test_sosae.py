@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
-from tests.training.loops import adam_loop, low_rank
+from tests.training.loops import adam_loop, export_and_run_encode, low_rank
 from training.models.base import SparseAutoencoder
 from training.models.sosae import SOSAE, SOSAEConfig, cut_point, position_weights
 
@@ -204,21 +203,8 @@ def test_truncate_rejects_bad_cut() -> None:
 def test_encode_exports_to_onnx(tmp_path) -> None:
     model = sosae(hidden=[16]).truncate(7).eval()
 
-    class Encode(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.model.encode(x)
-
-    path = tmp_path / "encode.onnx"
-    batch = torch.export.Dim("batch")
-    torch.onnx.export(Encode(), (torch.randn(3, D_IN),), str(path), dynamic_shapes=({0: batch},), dynamo=True)
-    x = torch.randn(11, D_IN)
-    session = ort.InferenceSession(str(path))
-    (code,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    np.testing.assert_allclose(code, model.encode(x).detach().numpy(), atol=1e-5)
+    code, expected = export_and_run_encode(model, tmp_path / "encode.onnx", torch.randn(11, D_IN))
+    np.testing.assert_allclose(code, expected, atol=1e-5)
     assert (code == 0).any()
 
 
