@@ -3,7 +3,7 @@
 # when missing (CI machines and developers' machines start without some of them):
 #   redis-server    the service's tests start a throwaway Redis on a free loopback port
 #   docker-compose  tests/deploy checks docker/docker-compose.yml with `docker-compose config`
-#   chromium        tests/service/test_playground.py drives the web page in headless Chromium (Playwright
+#   chromium        tests/serve/test_playground.py drives the web page in headless Chromium (Playwright
 #                   launches this browser; it never downloads one)
 #
 # Idempotent: a machine that has everything runs no apt command at all. `apt-get update` runs at most once.

@@ -9,22 +9,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
+from types import ModuleType
 
 from sparsecodes import __version__
+from sparsecodes.errors import CommandError
 
 # name → (module, one-line help). Order is the order `--help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.cli", "train a sparse autoencoder on a data set; writes a run folder"),
-    "export": ("export.cli", "export a run folder as a verified ONNX bundle"),
-    "serve": ("service.cli", "serve the bundles in a model folder over HTTP"),
-    "demo": ("training.demo", "train and export the small demo bundles into a model folder"),
-    "bench": ("sparsecodes.bench", "benchmarks: train, export, serve"),
-    "reproduce": ("training.reproduce", "reproduce a paper's claim end to end (seeded; --quick for CI)"),
+    "train": ("sparsecodes.train.cli", "train a sparse autoencoder on a data set; writes a run folder"),
+    "export": ("sparsecodes.export.cli", "export a run folder as a verified ONNX bundle"),
+    "serve": ("sparsecodes.serve.cli", "serve the bundles in a model folder over HTTP"),
+    "demo": ("sparsecodes.export.demo", "train and export the small demo bundles into a model folder"),
+    "bench": ("bench.cli", "benchmarks: train, export, serve, load (from a repository checkout)"),
+    "reproduce": ("sparsecodes.train.reproduce", "reproduce a paper's claim end to end (seeded; --quick for CI)"),
 }
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2, no traceback."""
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The checkout this package was installed from (editable installs), where ``bench/`` lives."""
+
+
+def import_command(module_name: str) -> ModuleType:
+    """The subcommand's module. ``bench.*`` is not part of the installed package: it is found in the
+    repository checkout, and a clear error says so when the package was installed without one."""
+    if module_name.startswith("bench.") and "bench" not in sys.modules:
+        if not (REPO_ROOT / "bench" / "__init__.py").is_file():
+            raise CommandError(
+                "the benchmarks ship with the repository, not the installed package: run them from a "
+                "clone (pip install -e .)"
+            )
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module(module_name)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -38,7 +54,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
-            module = importlib.import_module(module_name)
+            module = import_command(module_name)
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
     return parser
@@ -46,11 +62,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(args._run(args) or 0)
     except CommandError as e:
-        print(f"sparsecodes {args.command}: error: {e}", file=sys.stderr)
+        command = next((a for a in argv if not a.startswith("-")), "")
+        print(f"sparsecodes {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The project's metrics, defined once (methods.md, "Metrics"). NumPy only: training, export (on the
+"""The project's metrics, defined once (docs/methods.md, "What every kind shares"). NumPy only: training, export (on the
 ONNX graphs' outputs) and the service all use these functions.
 
 Shapes: ``x``, ``x_hat`` are ``[N, d_in]``; ``code`` is ``[N, d_code]`` with exact zeros when inactive.

@@ -28,7 +28,7 @@ TINY_MODEL: dict[str, dict[str, Any]] = {
 @pytest.fixture(scope="session")
 def make_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``make_run(kind, data="digits", steps=150, **model)`` → a finished run folder (cached per arguments)."""
-    from training.trainer import train_run
+    from sparsecodes.train.trainer import train_run
 
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("runs")

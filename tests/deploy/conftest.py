@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_contract import CHART, Manifest
+
+from tests.support.deploy_contract import CHART, Manifest
 
 
 @pytest.fixture(scope="session")

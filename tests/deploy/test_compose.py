@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_contract import COMPOSE_FILE, COMPOSE_GPU_FILE, DOCKER, REPO, SETTINGS
+
+from tests.support.deploy_contract import COMPOSE_FILE, COMPOSE_GPU_FILE, DOCKER, REPO, SETTINGS
 
 LONG_RUNNING = {"api", "redis", "prometheus", "grafana"}
 

@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from deploy_contract import CHART, REPO, SETTINGS
+
+from tests.support.deploy_contract import CHART, REPO, SETTINGS
 
 DOC = REPO / "docs" / "deployment.md"
 SCRIPT = REPO / "scripts" / "install-system-deps.sh"

@@ -17,7 +17,8 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_contract import (
+
+from tests.support.deploy_contract import (
     CHART,
     SECRET_SETTINGS,
     SETTINGS,
@@ -228,7 +229,7 @@ def test_chart_config_matches_the_service_settings_class(chart: Any) -> None:
     """The same mapping checked against the service's own pydantic-settings class."""
     from pydantic_settings import BaseSettings
 
-    import service.settings as module
+    import sparsecodes.serve.settings as module
 
     classes = [
         c
@@ -238,7 +239,7 @@ def test_chart_config_matches_the_service_settings_class(chart: Any) -> None:
         and c is not BaseSettings
         and c.__module__ == module.__name__
     ]
-    assert len(classes) == 1, f"expected one settings class in service.settings, found {classes}"
+    assert len(classes) == 1, f"expected one settings class in sparsecodes.serve.settings, found {classes}"
     settings = classes[0]
     prefix = settings.model_config.get("env_prefix", "")
     service_env = {(prefix + name).upper(): field for name, field in settings.model_fields.items()}

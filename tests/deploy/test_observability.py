@@ -11,7 +11,8 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-from deploy_contract import DOCKER, METRICS, exposed_series
+
+from tests.support.deploy_contract import DOCKER, METRICS, exposed_series
 
 PROMETHEUS = DOCKER / "prometheus"
 GRAFANA = DOCKER / "grafana"
@@ -150,7 +151,7 @@ def test_dashboard_model_variable_lists_the_loaded_models() -> None:
 def test_the_service_declares_exactly_these_metrics() -> None:
     from prometheus_client import REGISTRY
 
-    import service.metrics  # noqa: F401  (declares the metrics in the default registry)
+    import sparsecodes.serve.metrics  # noqa: F401  (declares the metrics in the default registry)
 
     declared = {}
     for family in REGISTRY.collect():

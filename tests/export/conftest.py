@@ -33,7 +33,7 @@ def run_of(make_run: Callable[..., Path]) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def bundle_of(run_of: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``bundle_of(kind, prune=True)`` → a bundle folder exported from ``run_of(kind)`` (cached)."""
-    from export.bundle import export_run
+    from sparsecodes.export.publish import export_run
 
     root = tmp_path_factory.mktemp("bundles")
     cache: dict[tuple[str, bool], Path] = {}

@@ -1,4 +1,4 @@
-"""The service's torch-free bundle loader (service.bundle): a good bundle loads; a corrupt or mismatched
+"""The service's torch-free bundle loader (sparsecodes.bundle): a good bundle loads; a corrupt or mismatched
 one is refused with a ``BundleError`` that names the offending file and the problem."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import onnx
 import pytest
 import torch
 
-from export.onnx import export_encoder
-from service import bundle as B
-from training.models.linear import LinearSAE, LinearSAEConfig
-from training.normalization import Normalizer
+from sparsecodes import bundle as B
+from sparsecodes.export.onnx import export_encoder
+from sparsecodes.train.models.linear import LinearSAE, LinearSAEConfig
+from sparsecodes.train.normalization import Normalizer
 
 
 @pytest.fixture
@@ -166,10 +166,10 @@ def test_loader_needs_neither_torch_nor_onnx(folder: Path) -> None:
     """The service installs onnxruntime and pydantic only: loading and checking a bundle imports nothing else."""
     code = (
         "import sys\n"
-        "from service import bundle as B\n"
+        "from sparsecodes import bundle as B\n"
         f"m = B.load_manifest({str(folder)!r})\n"
         f"B.open_sessions({str(folder)!r}, m)\n"
-        "bad = [n for n in ('torch', 'onnx', 'training', 'export') if n in sys.modules]\n"
+        "bad = [n for n in ('torch', 'onnx', 'sparsecodes.train', 'sparsecodes.export') if n in sys.modules]\n"
         "assert not bad, bad\n"
     )
     root = Path(__file__).resolve().parents[2]

@@ -16,14 +16,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import verify
-from export.bundle import export_run
-from export.onnx import ExportError, ServedDecoder, ServedEncoder, graph_params
-from service import bundle as B
+from sparsecodes import bundle as B
 from sparsecodes import metrics as M
 from sparsecodes.cli import main
-from training.models import SparseAutoencoder, kinds
-from training.run import CONFIG_FILE, HELDOUT_FILE, WEIGHTS_FILE, LoadedRun, RunError, load_run
+from sparsecodes.export import verify
+from sparsecodes.export.onnx import ExportError, ServedDecoder, ServedEncoder, graph_params
+from sparsecodes.export.publish import export_run
+from sparsecodes.train.models import SparseAutoencoder, kinds
+from sparsecodes.train.run import CONFIG_FILE, HELDOUT_FILE, WEIGHTS_FILE, LoadedRun, RunError, load_run
 
 ALL_KINDS = kinds()
 BATCH_SIZES = (1, 7, 1000)
@@ -118,7 +118,7 @@ def test_metrics_are_measured_on_the_graphs(
     assert m.fvu == pytest.approx(M.fvu(x_n, x_hat_n), rel=1e-4)
     assert m.l0_mean == pytest.approx(M.l0(codes).mean()) and m.l0_std == pytest.approx(M.l0(codes).std())
     # Pruning only dropped what held-out rows never used, so the served model's error is the trained one's
-    # (SOSAE's cut may also drop positions active on ≤ 0.1 % of rows: methods.md allows ≤ 1 %).
+    # (SOSAE's cut may also drop positions active on ≤ 0.1 % of rows: docs/methods.md allows ≤ 1 %).
     trained = json.loads((run.path / "metrics.json").read_text())
     assert m.mse == pytest.approx(trained["mse"], rel=0.01, abs=1e-6)
     sel = manifest.selection
@@ -362,11 +362,11 @@ def test_wrappers_fold_normalisation(run_of: Callable[[str], Path]) -> None:
 def test_sparse_decode_runs_on_one_thread_and_is_exact_on_large_batches(
     bundle_of: Callable[..., Path],
 ) -> None:
-    """ONNX Runtime's multi-threaded ScatterND loses additions on duplicate indices (service.bundle.
+    """ONNX Runtime's multi-threaded ScatterND loses additions on duplicate indices (sparsecodes.bundle.
     SEQUENTIAL_ROLES); every opener of the sparse decoder must give it one intra-op thread."""
     import numpy as np
 
-    from service.runtime import load_model
+    from sparsecodes.serve.runtime import load_model
 
     folder = bundle_of("topk")
     manifest = B.load_manifest(folder)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.bench import SECTION, write_section
+from bench.export import SECTION, write_section
 from sparsecodes.cli import main
 
 

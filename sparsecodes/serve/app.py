@@ -1,0 +1,291 @@
+"""The FastAPI application: ``create_app(settings)``; models load in the lifespan, never at import.
+
+Every bundle under ``SPARSECODES_MODEL_DIR`` is verified (hashes, graph signatures) and warmed up; a bad
+bundle is logged and skipped. Readiness turns true once loading is done and false the moment the process
+receives SIGTERM, while uvicorn lets in-flight requests finish (``SPARSECODES_GRACEFUL_TIMEOUT_S``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sparsecodes.serve import metrics, oip, playground_routes, routes
+from sparsecodes.serve.engine import Engine, make_cache
+from sparsecodes.serve.errors import (
+    InternalError,
+    InvalidInput,
+    MethodNotAllowed,
+    RouteNotFound,
+    ServiceError,
+    error_body,
+    status_of,
+)
+from sparsecodes.serve.fastpath import FastPath
+from sparsecodes.serve.logs import configure_logging
+from sparsecodes.serve.runtime import load_models, resolve_providers
+from sparsecodes.serve.settings import Settings
+from sparsecodes.serve.web import DOC_MODELS, PROTECTED_PREFIXES, ApiKeyAuth, json_response
+
+log = logging.getLogger("sparsecodes.app")
+
+DESCRIPTION = """Variable-length sparse codes from adaptive sparse autoencoders, served from ONNX bundles.
+
+* `/v1`: encode, decode and denoise, with JSON numbers, base64 arrays inside JSON, or a binary body
+  (`application/octet-stream`, safetensors layout) in both directions.
+* `/v2`: the Open Inference Protocol (KServe v2) for generic clients.
+* `/metrics`: Prometheus. Errors are `{"error": {"type", "message", "request_id"}}`.
+"""
+
+
+class InFlight:
+    """Requests being handled now (a plain counter the batcher reads on every batch)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        return self.n
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id, in-flight count, latency histogram, one log line per request."""
+
+    QUIET_ROUTES = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"})
+
+    def __init__(self, app: ASGIApp, known_models: Callable[[], dict[str, Any]], in_flight: InFlight) -> None:
+        self.app = app
+        self.known_models = known_models
+        self.in_flight = in_flight
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _header(scope, b"x-request-id") or _new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500
+        start = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        metrics.REQUESTS_IN_FLIGHT.inc()
+        self.in_flight.n += 1
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.in_flight.n -= 1
+            metrics.REQUESTS_IN_FLIGHT.dec()
+            self._record(scope, rid, status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        name = scope.get("path_params", {}).get("name")
+        model = name if name in self.known_models() else ""
+        metrics.REQUEST_DURATION.labels(route=route, model=model, status=str(status)).observe(seconds)
+        level = logging.DEBUG if route in self.QUIET_ROUTES else logging.INFO
+        log.log(
+            level,
+            "%s %s %d",
+            scope["method"],
+            scope["path"],
+            status,
+            extra={
+                "request_id": rid, "method": scope["method"], "path": scope["path"], "route": route,
+                "status": status, "duration_ms": round(seconds * 1000, 3), "model": model or None,
+            },
+        )
+
+
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """Unique across replicas (a random per-process prefix) without a syscall per request."""
+    return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            text = value.decode("latin-1")[:128]
+            return text if text.isprintable() else None
+    return None
+
+
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def render_service_error(scope: Scope, exc: ServiceError) -> Response:
+    """A domain error as its JSON response (5xx are logged with the traceback and the request id)."""
+    rid = scope.get("state", {}).get("request_id")
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s: %s", exc.type, exc.message, exc_info=exc.__cause__ or exc, extra={"request_id": rid})
+    response = json_response(error_body(exc, rid), status_code=status)
+    if status == 401:
+        response.headers["www-authenticate"] = "Bearer"
+    return response
+
+
+def _error_response(request: Request, error: ServiceError, headers: dict[str, str] | None = None) -> Response:
+    response = render_service_error(request.scope, error)
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        return render_service_error(request.scope, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        return _error_response(request, InvalidInput(where or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            return _error_response(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        if exc.status_code == 404:
+            return _error_response(request, RouteNotFound(f"no route {request.url.path}; see /docs"))
+        error = ServiceError(str(exc.detail))
+        return json_response(error_body(error, _request_id(request)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        rid = _request_id(request)
+        log.error("unhandled error: %s", exc, exc_info=exc, extra={"request_id": rid})
+        # This handler answers outside the request-context middleware, so it sets the id header itself.
+        error = InternalError(f"internal error; quote request id {rid} when reporting it")
+        return _error_response(request, error, {"x-request-id": rid} if rid else None)
+
+
+def _flip_readiness_on_sigterm(app: FastAPI) -> Callable[[], None]:
+    """Chain a SIGTERM handler that marks the engine not ready before uvicorn's own shutdown starts.
+    Returns the function that restores the previous handler. No-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        engine = getattr(app.state, "engine", None)
+        if engine is not None:
+            engine.ready = False
+        log.info("SIGTERM: readiness off, finishing in-flight requests")
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        providers = resolve_providers(settings.providers)
+        models, problems = load_models(settings.model_dir, providers)
+        if not models:
+            log.warning("no servable bundle under %s (%d skipped); readiness stays false", settings.model_dir, len(problems))
+        app.state.problems = problems
+        engine = Engine(models, settings, make_cache(settings), load=app.state.in_flight)
+        app.state.engine = engine
+        engine.ready = True
+        restore = _flip_readiness_on_sigterm(app)
+        log.info("serving %d model(s): %s", len(models), ", ".join(models) or "none")
+        try:
+            yield
+        finally:
+            restore()
+            app.state.engine = None
+            await engine.close()
+
+    return lifespan
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The generated schema plus the request models of the endpoints that read their bodies themselves."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in DOC_MODELS:
+                doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(doc.pop("$defs", {}))
+                components[model.__name__] = doc
+            schema["components"]["securitySchemes"] = {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "A key from SPARSECODES_API_KEYS, when set."}
+            }
+            for path, operations in schema["paths"].items():
+                if path.startswith(PROTECTED_PREFIXES):
+                    for operation in operations.values():
+                        operation["security"] = [{"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return build
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service for ``settings`` (default: read from ``SPARSECODES_*``). Nothing loads until startup."""
+    from sparsecodes import __version__
+
+    settings = settings or Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    app = FastAPI(title="sparsecodes", version=__version__, description=DESCRIPTION, lifespan=_lifespan(settings))
+    app.state.settings = settings
+    app.state.in_flight = InFlight()
+    app.include_router(routes.router)
+    app.include_router(oip.health)
+    app.include_router(oip.router)
+    playground_routes.install(app)  # the web page at / and the endpoints it reads
+
+    # response_class documents the text exposition format (the schema said application/json: schemathesis).
+    @app.get("/metrics", include_in_schema=True, tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    _install_error_handlers(app)
+    # Middleware, innermost first: the hot routes' direct dispatch, API keys, then the request context.
+    app.add_middleware(FastPath, on_error=render_service_error)
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, on_error=render_service_error)
+    app.add_middleware(
+        RequestContext,
+        known_models=lambda: getattr(getattr(app.state, "engine", None), "models", {}),
+        in_flight=app.state.in_flight,
+    )
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory sparsecodes.serve.app:app_from_env`` (settings from ``SPARSECODES_*``)."""
+    return create_app(Settings())

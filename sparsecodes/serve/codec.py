@@ -1,0 +1,318 @@
+"""Request and response bodies ↔ NumPy arrays, with the checks that make bad input a clear 4xx.
+
+Three encodings of the same arrays:
+
+* JSON numbers (``[[0.1, ...], ...]``);
+* base64 inside JSON: a float matrix ``[n, d]`` is one string of ``n·d`` little-endian float32 (row-major),
+  code ``indices`` are little-endian int32, ``indptr`` little-endian int64 (like ``encoding_format:
+  "base64"`` in embedding APIs);
+* a binary body (``application/octet-stream``) in the safetensors layout: an 8-byte little-endian header
+  length, a JSON header naming each tensor's dtype, shape and byte range, then the raw little-endian
+  data. Any safetensors reader (``safetensors.numpy.load``) reads it; :func:`write_tensors` writes it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+from sparsecodes.codes import SparseCodes
+from sparsecodes.serve.errors import InvalidInput, MalformedBody, PayloadTooLarge
+
+BINARY_MEDIA_TYPE = "application/octet-stream"
+JSON_MEDIA_TYPE = "application/json"
+
+_ST_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "U8": "u1"}
+_ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
+
+
+# -- JSON --------------------------------------------------------------------------------------------
+
+
+def loads(body: bytes) -> Any:
+    """Parse a JSON body; NaN/Infinity (which some encoders emit) are named as such."""
+    if not body.strip():
+        raise MalformedBody("the request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        try:
+            json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedBody(f"the body is not valid JSON: {e}") from None
+        except RecursionError:  # orjson stops at 1024 levels; the fallback parser must not crash on them
+            raise MalformedBody(f"the JSON body is nested too deeply ({e}); arrays are at most 2 levels deep") from None
+        raise InvalidInput("the body holds NaN or Infinity (or a number too large for a double); inputs must be finite") from None
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def b64_array(text: Any, dtype: str, field: str) -> np.ndarray:
+    """A base64 string of little-endian ``dtype`` values → 1-D array."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{field} must be a base64 string or a JSON array, got {type(text).__name__}")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise MalformedBody(f"{field} is not valid base64: {e}") from None
+    size = np.dtype(dtype).itemsize
+    if len(raw) % size:
+        raise MalformedBody(f"{field} decodes to {len(raw)} bytes, not a whole number of {size}-byte {np.dtype(dtype).name} values")
+    return np.frombuffer(raw, dtype=dtype)
+
+
+def b64(array: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
+
+
+def numbers(value: Any, field: str) -> np.ndarray:
+    """A JSON array of numbers (any nesting) → float64/int64 array; strings, null, ragged rows rejected."""
+    try:
+        array = np.array(value)
+    except ValueError:
+        raise InvalidInput(f"{field} has rows of different lengths (ragged); every row must have the same length") from None
+    if array.dtype.kind not in "fiub":
+        raise InvalidInput(f"{field} must hold only numbers (found {_first_non_number(value)})")
+    return array
+
+
+def _first_non_number(value: Any) -> str:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(reversed(v))
+        elif not isinstance(v, int | float):
+            return f"{type(v).__name__} {v!r}"[:60]
+    return "a value that is not a number"
+
+
+def float_matrix(value: Any, d: int, field: str, max_rows: int) -> np.ndarray:
+    """``[[...], ...]`` or a base64 string → float32 ``[n, d]``, checked (see :func:`check_matrix`)."""
+    if isinstance(value, str):
+        flat = b64_array(value, "<f4", field)
+        if flat.size % d:
+            raise InvalidInput(f"{field} holds {flat.size} float32 values, not a multiple of the model's d_in={d}")
+        x = flat.reshape(-1, d)
+    elif isinstance(value, list):
+        if value and not isinstance(value[0], list):
+            raise InvalidInput(f"{field} must be a list of rows (a list of lists of numbers), e.g. [[0.1, 0.2, ...]]")
+        x = numbers(value, field)
+        if x.size == 0:
+            x = x.reshape(len(value), -1 if len(value) else d)
+    else:
+        raise InvalidInput(f"{field} must be a list of rows or a base64 string, got {type(value).__name__}")
+    return check_matrix(x, d, field, max_rows)
+
+
+def check_matrix(x: np.ndarray, d: int, field: str, max_rows: int) -> np.ndarray:
+    """Shape ``[n, d]`` with ``1 ≤ n ≤ max_rows`` and finite float32 values, or a 4xx naming the problem."""
+    if x.ndim != 2:
+        raise InvalidInput(f"{field} must be 2-D [rows, {d}], got shape {list(x.shape)}")
+    if x.shape[0] == 0:
+        raise InvalidInput(f"{field} is empty; send at least one row")
+    if x.shape[0] > max_rows:
+        raise PayloadTooLarge(f"{field} has {x.shape[0]} rows; at most {max_rows} per request (split the batch)")
+    if x.shape[1] != d:
+        raise InvalidInput(f"{field} rows have {x.shape[1]} values but the model expects d_in={d}")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is reported just below
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        row, col = map(int, np.argwhere(~finite)[0])
+        raise InvalidInput(f"{field}[{row}][{col}] is {x[row, col]} (NaN or ±Inf as float32); values must be finite")
+    return x
+
+
+# -- sparse codes --------------------------------------------------------------------------------------
+
+
+def codes_from_json(value: Any, max_rows: int) -> SparseCodes:
+    """``[{"indices", "values"}, ...]`` (per row) or ``{"indptr", "indices", "values"}`` (CSR); numbers
+    or base64 (indices int32, indptr int64, values float32). Structure only: see :func:`check_codes`."""
+    if isinstance(value, dict):
+        missing = [k for k in ("indptr", "indices", "values") if k not in value]
+        if missing:
+            raise InvalidInput(f"codes in CSR layout need indptr, indices and values; missing {missing}")
+        return SparseCodes(
+            _int_vector(value["indptr"], "<i8", "codes.indptr"),
+            _int_vector(value["indices"], "<i4", "codes.indices"),
+            _float_vector(value["values"], "codes.values"),
+        )
+    if not isinstance(value, list):
+        raise InvalidInput("codes must be a list of {indices, values} rows or a CSR object {indptr, indices, values}")
+    if len(value) > max_rows:
+        raise PayloadTooLarge(f"codes has {len(value)} rows; at most {max_rows} per request")
+    rows = []
+    for i, row in enumerate(value):
+        if not isinstance(row, dict) or "indices" not in row or "values" not in row:
+            raise InvalidInput(f"codes[{i}] must be an object with indices and values")
+        indices = _int_vector(row["indices"], "<i4", f"codes[{i}].indices")
+        values = _float_vector(row["values"], f"codes[{i}].values")
+        if len(indices) != len(values):
+            raise InvalidInput(f"codes[{i}] has {len(indices)} indices but {len(values)} values")
+        rows.append((indices, values))
+    return SparseCodes.from_rows(rows)
+
+
+def _int_vector(value: Any, dtype: str, field: str) -> np.ndarray:
+    if isinstance(value, str):
+        return b64_array(value, dtype, field).astype(np.int64)
+    if not isinstance(value, list):
+        raise InvalidInput(f"{field} must be a list of integers or a base64 string")
+    array = numbers(value, field) if value else np.zeros(0, np.int64)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise InvalidInput(f"{field} must be a flat list of integers")
+    limits = np.iinfo(dtype)
+    if array.size and (array.min() < limits.min or array.max() > limits.max):
+        # Checked before casting: 2**63 + 5 as uint64 would otherwise wrap around into the valid index 5.
+        bad = array.max() if array.max() > limits.max else array.min()
+        raise InvalidInput(f"{field} holds {bad}, outside the {np.dtype(dtype).name} range")
+    return array.astype(np.int64)
+
+
+def _float_vector(value: Any, field: str) -> np.ndarray:
+    if isinstance(value, str):
+        array = b64_array(value, "<f4", field)
+    elif isinstance(value, list):
+        array = numbers(value, field) if value else np.zeros(0, np.float32)
+        if array.ndim != 1:
+            raise InvalidInput(f"{field} must be a flat list of numbers")
+    else:
+        raise InvalidInput(f"{field} must be a list of numbers or a base64 string")
+    return array.astype(np.float32)
+
+
+def check_codes(codes: SparseCodes, d_served: int, max_rows: int) -> SparseCodes:
+    """Valid CSR for a ``d_served``-wide code: indices in range and distinct within a row, values finite.
+
+    Returns the codes with each row's indices sorted ascending (the decoder does not need it, the cache
+    and responses do).
+    """
+    indptr, indices, values = codes.indptr, codes.indices, codes.values
+    n = len(indptr) - 1
+    if n < 1:
+        raise InvalidInput("codes is empty; send at least one row")
+    if n > max_rows:
+        raise PayloadTooLarge(f"codes has {n} rows; at most {max_rows} per request")
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != len(indices):
+        raise InvalidInput(f"codes.indptr must start at 0, never decrease and end at nnz={len(indices)}")
+    if len(indices) != len(values):
+        raise InvalidInput(f"codes has {len(indices)} indices but {len(values)} values")
+    rows = codes.coo_rows()
+    bad = (indices < 0) | (indices >= d_served)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidInput(f"codes row {rows[i]} has index {indices[i]} out of range; indices must be in [0, d_served={d_served})")
+    if not np.isfinite(values).all():
+        i = int(np.argmax(~np.isfinite(values)))
+        raise InvalidInput(f"codes row {rows[i]} has value {values[i]} at index {indices[i]}; values must be finite")
+    order = np.lexsort((indices, rows))
+    indices, values = indices[order], values[order]
+    dup = (np.diff(indices) == 0) & (np.diff(rows) == 0)
+    if dup.any():
+        i = int(np.argmax(dup))
+        raise InvalidInput(f"codes row {rows[i]} lists index {indices[i]} more than once; indices must be distinct within a row")
+    return SparseCodes(indptr, indices, values)
+
+
+def codes_to_json(codes: SparseCodes, layout: str, base64_arrays: bool) -> Any:
+    if layout == "csr":
+        if base64_arrays:
+            return {"indptr": b64(codes.indptr, "<i8"), "indices": b64(codes.indices, "<i4"), "values": b64(codes.values, "<f4")}
+        return {"indptr": codes.indptr, "indices": codes.indices, "values": codes.values}
+    out = []
+    for a, b in zip(codes.indptr[:-1].tolist(), codes.indptr[1:].tolist(), strict=True):
+        if base64_arrays:
+            out.append({"indices": b64(codes.indices[a:b], "<i4"), "values": b64(codes.values[a:b], "<f4")})
+        else:
+            out.append({"indices": codes.indices[a:b], "values": codes.values[a:b]})
+    return out
+
+
+def matrix_to_json(x: np.ndarray, base64_arrays: bool) -> Any:
+    return b64(x, "<f4") if base64_arrays else np.ascontiguousarray(x, dtype=np.float32)
+
+
+# -- binary (safetensors layout) -----------------------------------------------------------------------
+
+
+def _split(body: bytes) -> tuple[dict[str, Any], memoryview]:
+    """A safetensors-layout body → (JSON header, data section)."""
+    if len(body) < 8:
+        raise MalformedBody("binary body is shorter than its 8-byte header length")
+    (n,) = struct.unpack("<Q", body[:8])
+    if n > len(body) - 8:
+        raise MalformedBody(f"binary header claims {n} bytes but the body has {len(body) - 8} after the length")
+    try:
+        header = orjson.loads(body[8 : 8 + n])
+    except orjson.JSONDecodeError as e:
+        raise MalformedBody(f"binary header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise MalformedBody("binary header must be a JSON object of tensors")
+    return header, memoryview(body)[8 + n :]
+
+
+def read_tensors(body: bytes) -> dict[str, np.ndarray]:
+    """Parse a safetensors-layout body → name → array (little-endian, read-only views)."""
+    header, data = _split(body)
+    return {name: _tensor(name, spec, data) for name, spec in header.items() if name != "__metadata__"}
+
+
+def read_metadata(body: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors-layout body (the service puts model and version there)."""
+    meta = _split(body)[0].get("__metadata__") or {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _tensor(name: str, spec: Any, data: memoryview) -> np.ndarray:
+    try:
+        dtype, shape, (begin, end) = _ST_DTYPES[spec["dtype"]], [int(s) for s in spec["shape"]], spec["data_offsets"]
+    except (KeyError, TypeError, ValueError):
+        raise MalformedBody(
+            f"binary tensor {name!r}: needs dtype (one of {sorted(_ST_DTYPES)}), shape and data_offsets"
+        ) from None
+    count = math.prod(shape)
+    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(data)):
+        raise MalformedBody(f"binary tensor {name!r}: data_offsets {[begin, end]} lie outside the {len(data)}-byte data")
+    if end - begin != count * np.dtype(dtype).itemsize or any(s < 0 for s in shape):
+        raise MalformedBody(f"binary tensor {name!r}: shape {shape} of {spec['dtype']} needs {count * np.dtype(dtype).itemsize} bytes, got {end - begin}")
+    return np.frombuffer(data[begin:end], dtype=dtype).reshape(shape)
+
+
+def write_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """name → array (F32/F64/F16/I64/I32/I16/U8) → safetensors-layout bytes."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    chunks, offset = [], 0
+    for name, array in tensors.items():
+        a = np.asarray(array)
+        a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+        raw = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": _ST_NAMES[a.dtype.str], "shape": list(a.shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    head = orjson.dumps(header)
+    head += b" " * (-len(head) % 8)  # keep the data 8-byte aligned, as safetensors writers do
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
+def tensor(tensors: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], what: str) -> np.ndarray:
+    """The tensor ``name`` of a binary body, whose dtype is one of ``dtypes`` ("float32", "int64").
+
+    Exact dtypes, not kinds: a float64 or float16 tensor where float32 is expected is refused rather than
+    silently converted (the caller would get codes of values it did not send, or pay double the bytes)."""
+    if name not in tensors:
+        raise InvalidInput(f"binary body lacks tensor {name!r} ({what}); it has {sorted(tensors)}")
+    array = tensors[name]
+    if array.dtype.name not in dtypes:
+        raise InvalidInput(f"binary tensor {name!r} has dtype {array.dtype.name}; expected {what}")
+    return array

@@ -1,0 +1,148 @@
+"""The service's work without HTTP: cache look-up, micro-batched inference, capping, reconstruction.
+
+Routes parse a request into arrays, call :class:`Engine`, and render what it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from sparsecodes.codes import SparseCodes
+from sparsecodes.serve.batcher import Batcher
+from sparsecodes.serve.cache import CodeCache, LRUCache, RedisCache, pack_rows, unpack_rows
+from sparsecodes.serve.errors import UnknownModel
+from sparsecodes.serve.metrics import ACTIVE_DIMS, MODEL_INFO, RECONSTRUCTION_ERROR, observe_many
+from sparsecodes.serve.playground import RecentL0
+from sparsecodes.serve.runtime import ModelRuntime
+from sparsecodes.serve.settings import Settings
+
+log = logging.getLogger("sparsecodes.engine")
+
+# Engines currently publishing each sparsecodes_model_info series. One process normally runs one engine, but
+# tests (and embedding apps) may run several at once: a series goes only when its last holder closes.
+_INFO_HOLDERS: Counter[tuple[str, str, str, str]] = Counter()
+
+
+def make_cache(settings: Settings) -> CodeCache | None:
+    """Redis when ``SPARSECODES_REDIS_URL`` is set, else an in-process LRU (``None`` if its size is 0)."""
+    if settings.redis_url:
+        return RedisCache(settings.redis_url, settings.cache_ttl_s, settings.cache_timeout_ms / 1000)
+    return LRUCache(settings.cache_size) if settings.cache_size > 0 else None
+
+
+class Engine:
+    """Loaded models plus the machinery shared by the routes. Create inside a running event loop."""
+
+    def __init__(
+        self,
+        models: dict[str, ModelRuntime],
+        settings: Settings,
+        cache: CodeCache | None,
+        load: Callable[[], int] | None = None,
+    ) -> None:
+        """``load`` returns how many requests the server is handling now (lets batches skip a useless wait)."""
+        self.models = models
+        self.settings = settings
+        self.cache = cache
+        self.ready = False
+        self.recent_l0 = RecentL0()
+        """The code lengths of recently served rows per model (``/v1/models/{name}/stats``)."""
+        self.executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="ort")
+        self.batchers: dict[str, Batcher[SparseCodes]] = {}
+        for name, m in models.items():
+            if settings.batching:
+                self.batchers[name] = Batcher(
+                    m.encode,
+                    lambda codes, start, stop: codes.rows(start, stop),
+                    executor=self.executor,
+                    max_batch_size=settings.max_batch_size,
+                    max_wait_s=settings.max_wait_ms / 1000,
+                    name=name,
+                    load=load,
+                )
+            key = (name, m.manifest.version, m.manifest.kind, m.provider)
+            _INFO_HOLDERS[key] += 1
+            MODEL_INFO.labels(*key).set(1)
+
+    def model(self, name: str) -> ModelRuntime:
+        try:
+            return self.models[name]
+        except KeyError:
+            served = ", ".join(sorted(self.models)) or "none"
+            raise UnknownModel(f"no model named {name!r} is loaded; served models: {served}") from None
+
+    async def _infer(self, m: ModelRuntime, x: np.ndarray) -> SparseCodes:
+        batcher = self.batchers.get(m.name)
+        if batcher is not None:
+            return await batcher.submit(x)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, m.encode, x)
+
+    @staticmethod
+    def _keys(m: ModelRuntime, x: np.ndarray, max_active: int | None) -> list[bytes]:
+        # Key = bundle version + the options that change the code + a hash of the row's float32 bytes.
+        prefix = f"{m.manifest.version}:{max_active or 0}:".encode()
+        return [prefix + hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
+
+    async def encode(self, m: ModelRuntime, x: np.ndarray, max_active: int | None = None) -> SparseCodes:
+        """``x [n, d_in]`` float32 → codes; cached rows are not recomputed."""
+        if self.cache is None:
+            codes = (await self._infer(m, x)).cap(max_active)
+        else:
+            codes = await self._encode_cached(m, x, max_active)
+        self._record_l0(m, codes)
+        return codes
+
+    def _record_l0(self, m: ModelRuntime, codes: SparseCodes) -> None:
+        """The one sink of served code lengths: the Prometheus histogram and the recent-L0 buffer, for
+        every route (/v1, /v2) that encodes."""
+        observe_many(ACTIVE_DIMS.labels(model=m.name), codes.l0)
+        self.recent_l0.record(m.name, codes.l0)
+
+    async def _encode_cached(self, m: ModelRuntime, x: np.ndarray, max_active: int | None) -> SparseCodes:
+        assert self.cache is not None
+        keys = self._keys(m, x, max_active)
+        blobs = await self.cache.get_many(keys)
+        missing = [i for i, blob in enumerate(blobs) if blob is None]
+        if not missing:
+            return unpack_rows(blobs)  # type: ignore[arg-type]
+        # Inference runs only for the rows the cache did not have.
+        fresh = (await self._infer(m, x if len(missing) == len(x) else x[missing])).cap(max_active)
+        packed = pack_rows(fresh)
+        await self.cache.set_many([(keys[i], blob) for i, blob in zip(missing, packed, strict=True)])
+        if len(missing) == len(x):
+            return fresh
+        for i, blob in zip(missing, packed, strict=True):
+            blobs[i] = blob
+        return unpack_rows(blobs)  # type: ignore[arg-type]
+
+    async def decode(self, m: ModelRuntime, codes: SparseCodes) -> np.ndarray:
+        """Codes → ``x_hat [n, d_in]`` raw units, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, m.decode, codes)
+
+    def observe_error(self, m: ModelRuntime, x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+        """Per-row reconstruction error ``[n]`` (normalised units), recorded in the histogram."""
+        error = m.row_error(x, x_hat)
+        observe_many(RECONSTRUCTION_ERROR.labels(model=m.name), error)
+        return error
+
+    async def close(self) -> None:
+        self.ready = False
+        for batcher in self.batchers.values():
+            await batcher.close()
+        if self.cache is not None:
+            await self.cache.close()
+        self.executor.shutdown(wait=True)
+        for name, m in self.models.items():
+            key = (name, m.manifest.version, m.manifest.kind, m.provider)
+            _INFO_HOLDERS[key] -= 1
+            if _INFO_HOLDERS[key] <= 0:
+                del _INFO_HOLDERS[key]
+                MODEL_INFO.remove(*key)
