@@ -7,7 +7,8 @@
 #      and the CI stack's Redis and Prometheus images (docker/ci/, Debian's packages)
 #   5. the checks (tests/deploy, marked image_test): the image's user, read-only root, health check, size,
 #      no torch, encode/decode through it; the compose stack with Redis hits and Prometheus series;
-#      promtool on the shipped Prometheus files; the Grafana dashboard against Grafana's schema.
+#      promtool on the shipped Prometheus files; the Grafana dashboard against Grafana's schema
+#      (tests/deploy/test_grafana_dashboard.py; the npm packages it needs are installed here).
 # A failing step prints the end of its log; every log is kept in test-artifacts/image-test/.
 # Builds use Debian's client /usr/bin/docker with BuildKit: it reads docker/Dockerfile.dockerignore (the
 # context stays a few MB; without it the legacy builder would send the 2 GB .venv) and needs no buildx.
@@ -46,6 +47,11 @@ step build-redis "${BUILD[@]}" -f docker/ci/redis.Dockerfile --build-arg BASE_IM
                    -t "$SPARSECODES_CI_REDIS_IMAGE" docker/ci
 step build-prometheus "${BUILD[@]}" -f docker/ci/prometheus.Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" \
                    -t "$SPARSECODES_CI_PROMETHEUS_IMAGE" docker/ci
+# Grafana's schema for the dashboard check (npm: @grafana/schema and typescript, pinned by the lock file).
+step grafana-schema sh -c 'command -v npm >/dev/null || { echo "npm is missing (Debian: apt-get install npm)"; exit 1; }
+  mkdir -p .cache/grafana-schema && cd .cache/grafana-schema
+  if cmp -s package-lock.json ../../tests/deploy/grafana/package-lock.json && [ -d node_modules ]; then exit 0; fi
+  cp ../../tests/deploy/grafana/package.json ../../tests/deploy/grafana/package-lock.json . && npm ci --no-audit --no-fund'
 # Rebuilds leave the previous images untagged: drop them, and keep BuildKit's cache bounded.
 step prune       sh -c '/usr/bin/docker image prune -f && /usr/bin/docker builder prune -f --keep-storage 3000000000'
 

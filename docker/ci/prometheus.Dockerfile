@@ -11,6 +11,8 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends prometheus wget \
  && rm -rf /var/lib/apt/lists/* \
  && install -d -o prometheus -g prometheus /prometheus
+# The package creates this system user; its uid is whatever adduser picked, so it goes by name.
+# hadolint ignore=DL3066
 USER prometheus
 WORKDIR /prometheus
 EXPOSE 9090

@@ -10,5 +10,7 @@ FROM ${BASE_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends redis-server \
  && rm -rf /var/lib/apt/lists/*
+# The package creates this system user; its uid is whatever adduser picked, so it goes by name.
+# hadolint ignore=DL3066
 USER redis
 CMD ["redis-server", "--save", "", "--appendonly", "no"]

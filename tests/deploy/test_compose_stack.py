@@ -20,7 +20,15 @@ import redis
 import yaml
 
 from sparsecodes.serve.client import Client
-from tests.support.containers import IMAGE, PROMETHEUS_IMAGE, REDIS_IMAGE, logs, require_image, sample_rows, wait_healthy
+from tests.support.containers import (
+    IMAGE,
+    PROMETHEUS_IMAGE,
+    REDIS_IMAGE,
+    logs,
+    require_image,
+    sample_rows,
+    wait_healthy,
+)
 from tests.support.deploy_contract import COMPOSE_FILE, DOCKER
 from tests.support.server import free_port
 
@@ -41,11 +49,15 @@ class Stack:
         return f"{self.project}_{service}_1"  # compose 1.29's naming
 
 
-def compose(files: list[Path], *args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def compose(
+    files: list[Path], *args: str, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is missing: scripts/install-system-deps.sh installs it"
     command = [binary, *(a for f in files for a in ("-f", str(f))), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env}
+    )
     assert result.returncode == 0, f"{' '.join(command[1:])} failed:\n{result.stderr[-3000:]}"
     return result
 
@@ -94,8 +106,12 @@ def stack(demo_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     merged = yaml.safe_load(compose([COMPOSE_FILE, CI_OVERRIDE], "config", env=env).stdout)
     config = tmp / "docker-compose.yml"
     config.write_text(yaml.safe_dump(host_network_config(merged), sort_keys=False))
-    stack = Stack(f"sparsecodes-ci-{os.getpid()}", f"http://127.0.0.1:{ports['api']}",
-                  f"http://127.0.0.1:{ports['prometheus']}", ports["redis"])
+    stack = Stack(
+        f"sparsecodes-ci-{os.getpid()}",
+        f"http://127.0.0.1:{ports['api']}",
+        f"http://127.0.0.1:{ports['prometheus']}",
+        ports["redis"],
+    )
     files = [config]
     try:
         compose(files, "-p", stack.project, "up", "-d", "--no-build", *SERVICES, env={})
@@ -123,7 +139,9 @@ def prometheus_query(stack: Stack, query: str) -> list[dict[str, Any]]:
     return response.json()["data"]["result"]
 
 
-def test_a_request_is_answered_through_the_stack_and_cached_in_redis(stack: Stack, demo_bundles: Path) -> None:
+def test_a_request_is_answered_through_the_stack_and_cached_in_redis(
+    stack: Stack, demo_bundles: Path
+) -> None:
     """The same rows twice: the second answer comes from Redis, which counts the hits itself."""
     server = redis.Redis(host="127.0.0.1", port=stack.redis_port)
     hits_before = server.info("stats")["keyspace_hits"]
@@ -171,6 +189,10 @@ def test_cache_hits_reach_prometheus(stack: Stack, demo_bundles: Path) -> None:
         client.encode(name, x)
         client.encode(name, x)
     eventually(
-        lambda: [s for s in prometheus_query(stack, 'sparsecodes_cache_requests_total{result="hit"}') if float(s["value"][1]) > 0],
+        lambda: [
+            s
+            for s in prometheus_query(stack, 'sparsecodes_cache_requests_total{result="hit"}')
+            if float(s["value"][1]) > 0
+        ],
         "a cache hit counted in Prometheus",
     )

@@ -7,6 +7,7 @@ bundles, compared with the same bundles served in this process. Also promtool, f
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,9 @@ SERVICE_USER = "10001:10001"
 
 def python_in_image(code: str) -> tuple[int, str]:
     """(exit code, stdout + stderr) of ``python -c CODE`` in a throwaway container of the image."""
-    result = docker("run", "--rm", "--network", "none", "--entrypoint", "python", IMAGE, "-c", code, check=False)
+    result = docker(
+        *shlex.split("run --rm --network none --entrypoint python"), IMAGE, "-c", code, check=False
+    )
     return result.returncode, result.stdout + result.stderr
 
 
@@ -55,10 +58,12 @@ def service(demo_bundles: Path, image: dict) -> Iterator[str]:
     capabilities. No --user: the image's own USER must be the unprivileged one. Host networking, so it
     listens on a free loopback port, set through SPARSECODES_PORT (which the HEALTHCHECK reads too)."""
     port = free_port()
-    args = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
-            "-v", f"{demo_bundles}:/models:ro", "-e", "SPARSECODES_HOST=127.0.0.1", "-e", f"SPARSECODES_PORT={port}",
-            "-e", "SPARSECODES_LOG_FORMAT=text", "--label", f"sparsecodes.port={port}")
-    with running("sparsecodes-image-test", IMAGE, *args) as name:
+    hardening = shlex.split("--read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges:true")
+    settings = shlex.split(
+        f"-e SPARSECODES_HOST=127.0.0.1 -e SPARSECODES_PORT={port} -e SPARSECODES_LOG_FORMAT=text"
+    )
+    mounts = ["-v", f"{demo_bundles}:/models:ro", "--label", f"sparsecodes.port={port}"]
+    with running("sparsecodes-image-test", IMAGE, *hardening, *settings, *mounts) as name:
         yield name
 
 
@@ -87,7 +92,9 @@ def test_no_torch_and_no_training_or_export_code(image: dict) -> None:
     for module in ("torch", "sparsecodes.train", "sparsecodes.export", "onnx"):
         code, output = python_in_image(f"import {module}")
         assert code != 0 and "ModuleNotFoundError" in output, f"`import {module}` works in {IMAGE}: {output}"
-    code, output = python_in_image("import onnxruntime, sparsecodes.serve.app; print(onnxruntime.get_device())")
+    code, output = python_in_image(
+        "import onnxruntime, sparsecodes.serve.app; print(onnxruntime.get_device())"
+    )
     assert code == 0 and output.strip() == "CPU", f"expected CPU and no warning: {output}"
 
 
@@ -99,7 +106,9 @@ def test_image_ships_the_demo_bundles_in_the_package(image: dict) -> None:
         "from sparsecodes.bundle import DEMO_BUNDLES as d; print(sorted(p.parent.name for p in d.glob('*/manifest.json')))"
     )
     assert code == 0, output
-    assert json.loads(output.strip().replace("'", '"')) == sorted(p.parent.name for p in DEMO_BUNDLES.glob("*/manifest.json"))
+    assert json.loads(output.strip().replace("'", '"')) == sorted(
+        p.parent.name for p in DEMO_BUNDLES.glob("*/manifest.json")
+    )
 
 
 def test_health_check_turns_healthy(service: str) -> None:
@@ -138,7 +147,9 @@ def test_encode_and_decode_through_the_image_match_this_process(service: str, de
                 x_hat = image_client.decode(name, got.codes)
                 assert x_hat.shape == x.shape, name
                 scale = max(float(np.abs(x_hat).max()), 1e-6)
-                np.testing.assert_allclose(x_hat, local_client.decode(name, want.codes), rtol=0, atol=1e-5 * scale)
+                np.testing.assert_allclose(
+                    x_hat, local_client.decode(name, want.codes), rtol=0, atol=1e-5 * scale
+                )
 
 
 # ---------- promtool (Debian's prometheus package, in the CI Prometheus image) ----------
@@ -146,8 +157,14 @@ def test_encode_and_decode_through_the_image_match_this_process(service: str, de
 
 def promtool(*args: str) -> str:
     require_image(PROMETHEUS_IMAGE)
-    result = docker("run", "--rm", "--network", "none", "-v", f"{DOCKER / 'prometheus'}:/etc/prometheus:ro",
-                    "--entrypoint", "promtool", PROMETHEUS_IMAGE, *args, check=False)
+    mount = ["-v", f"{DOCKER / 'prometheus'}:/etc/prometheus:ro"]
+    result = docker(
+        *shlex.split("run --rm --network none --entrypoint promtool"),
+        *mount,
+        PROMETHEUS_IMAGE,
+        *args,
+        check=False,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"promtool {' '.join(args)}:\n{output}"
     return output
@@ -172,6 +189,13 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     )
     tmp_path.chmod(0o755)
     (tmp_path / "broken.yml").chmod(0o644)
-    result = docker("run", "--rm", "--network", "none", "-v", f"{tmp_path}:/rules:ro", "--entrypoint", "promtool",
-                    PROMETHEUS_IMAGE, "check", "rules", "/rules/broken.yml", check=False)
+    mount = ["-v", f"{tmp_path}:/rules:ro"]
+    command = ["check", "rules", "/rules/broken.yml"]
+    result = docker(
+        *shlex.split("run --rm --network none --entrypoint promtool"),
+        *mount,
+        PROMETHEUS_IMAGE,
+        *command,
+        check=False,
+    )
     assert result.returncode != 0 and "broken.yml" in result.stdout + result.stderr

@@ -31,7 +31,9 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     """``docker ARGS``; with ``check``, a failure raises with the command and its stderr."""
     result = subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"docker {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
     return result
 
 
