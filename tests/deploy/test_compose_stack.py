@@ -104,6 +104,9 @@ def stack(demo_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "CI_PROMETHEUS_CONFIG": str(prometheus_config(tmp / "prometheus", ports["api"], ports["prometheus"])),
     }
     merged = yaml.safe_load(compose([COMPOSE_FILE, CI_OVERRIDE], "config", env=env).stdout)
+    api_env = merged["services"]["api"]["environment"]
+    if "SPARSECODES_GRPC_PORT" in api_env:  # a fixed port in the base file: under host networking, a free one
+        api_env["SPARSECODES_GRPC_PORT"] = str(free_port())
     config = tmp / "docker-compose.yml"
     config.write_text(yaml.safe_dump(host_network_config(merged), sort_keys=False))
     stack = Stack(
