@@ -52,9 +52,12 @@ step grafana-schema sh -c 'command -v npm >/dev/null || { echo "npm is missing (
   mkdir -p .cache/grafana-schema && cd .cache/grafana-schema
   if cmp -s package-lock.json ../../tests/deploy/grafana/package-lock.json && [ -d node_modules ]; then exit 0; fi
   cp ../../tests/deploy/grafana/package.json ../../tests/deploy/grafana/package-lock.json . && npm ci --no-audit --no-fund'
-# Rebuilds leave the previous images untagged: drop them, and keep BuildKit's cache bounded.
-step prune       sh -c '/usr/bin/docker image prune -f && /usr/bin/docker builder prune -f --keep-storage 3000000000'
+# Rebuilds leave the previous images untagged: drop them, and keep BuildKit's cache bounded. Containers and
+# volumes an interrupted run left behind (the test's names) go too: they would hold ports and disk.
+step prune       sh -c '/usr/bin/docker image prune -f && /usr/bin/docker builder prune -f --keep-storage 3000000000
+  /usr/bin/docker ps -aq --filter name=sparsecodes-ci- --filter name=sparsecodes-image-test | xargs -r /usr/bin/docker rm -f -v
+  /usr/bin/docker volume ls -q --filter name=sparsecodes-ci- | xargs -r /usr/bin/docker volume rm'
 
 echo "image-test: images built in $(( $(date +%s) - t_start )) s; running the checks"
-SPARSECODES_IMAGE_TEST=1 .venv/bin/python -m pytest -q -m image_test -p no:cacheprovider tests/deploy
+SPARSECODES_IMAGE_TEST=1 .venv/bin/python -m pytest -q -m image_test -p no:cacheprovider --durations=5 tests/deploy
 echo "image-test: done in $(( $(date +%s) - t_start )) s"
