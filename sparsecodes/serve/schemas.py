@@ -6,12 +6,27 @@ the models still describe them, so the OpenAPI schema shows every field, its enc
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-FloatMatrix = list[list[float]] | str
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+"""A non-empty base64 string (standard alphabet, padded): what the codec accepts."""
+Base64 = Annotated[str, Field(pattern=BASE64)]
+Row = Annotated[list[float], Field(min_length=1)]
+FloatMatrix = Annotated[list[Row], Field(min_length=1)] | Base64
+"""A request's rows: at least one row of at least one number (the server then requires d_in of them)."""
 _MATRIX_DOC = "Rows of d_in numbers, or one base64 string of n·d_in little-endian float32 (row-major)."
+
+
+def _not_bool(value: Any) -> Any:
+    # JSON true is not the integer 1 (pydantic's lax mode would make it one); /v2 refuses it too.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+MaxActive = Annotated[int | None, BeforeValidator(_not_bool)]
 
 
 class _Options(BaseModel):
@@ -22,7 +37,7 @@ class EncodeOptions(_Options):
     """Options of ``encode`` (JSON body fields, or query parameters with a binary body)."""
 
     return_reconstruction: bool = Field(False, description="Also return x_hat and each row's reconstruction_error.")
-    max_active: int | None = Field(
+    max_active: MaxActive = Field(
         None, ge=1, description="Keep at most this many largest-magnitude entries per row (caps L0): the caller's rate–quality knob."
     )
     layout: Literal["rows", "csr"] = Field(
@@ -36,7 +51,7 @@ class EncodeOptions(_Options):
 
 
 class DenoiseOptions(_Options):
-    max_active: int | None = Field(None, ge=1, description="Cap on active latents per row before decoding.")
+    max_active: MaxActive = Field(None, ge=1, description="Cap on active latents per row before decoding.")
     layout: Literal["rows", "csr"] = "rows"
     encoding_format: Literal["float", "base64"] | None = None
 
@@ -46,17 +61,19 @@ class DecodeOptions(_Options):
 
 
 class CodeRow(BaseModel):
-    indices: list[int] | str = Field(description="Active served latents, ascending (or base64 int32).")
-    values: list[float] | str = Field(description="Their values (or base64 float32).")
+    indices: list[Annotated[int, Field(ge=0)]] | Base64 = Field(description="Active served latents, distinct, < d_served (or base64 int32).")
+    values: list[float] | Base64 = Field(description="Their values, as many as indices (or base64 float32).")
 
 
 class CsrCodes(BaseModel):
-    indptr: list[int] | str = Field(description="[n + 1] row offsets into indices/values (or base64 int64).")
-    indices: list[int] | str
-    values: list[float] | str
+    indptr: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)] | Base64 = Field(
+        description="[n + 1] row offsets into indices/values, from 0, never decreasing (or base64 int64)."
+    )
+    indices: list[Annotated[int, Field(ge=0)]] | Base64
+    values: list[float] | Base64
 
 
-Codes = list[CodeRow] | CsrCodes
+Codes = Annotated[list[CodeRow], Field(min_length=1)] | CsrCodes
 
 
 class EncodeRequest(EncodeOptions):
@@ -183,15 +200,34 @@ class InferTensor(BaseModel):
     data: list[Any] = Field(description="Tensor contents, flat (row-major) or nested.")
 
 
-class RequestedOutput(BaseModel):
-    name: str
+class InferInputTensor(BaseModel):
+    """The one input a model takes: ``x``, FP32, ``[n, d_in]`` with n ≥ 1."""
+
+    name: Literal["x"]
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)] = Field(
+        description="[n, d_in]: at least one row of the model's d_in values."
+    )
+    datatype: Literal["FP32"]
     parameters: dict[str, Any] | None = None
+    data: Annotated[list[float] | list[Row], Field(min_length=1)] = Field(
+        description="n·d_in numbers, flat (row-major) or as n rows."
+    )
+
+
+class RequestedOutput(BaseModel):
+    name: Literal["indptr", "indices", "values", "x_hat"]
+    parameters: dict[str, Any] | None = None
+
+
+class InferParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    max_active: MaxActive = Field(None, ge=1, description="Cap on active latents per row, as in /v1.")
 
 
 class InferRequest(BaseModel):
     id: str | None = None
-    parameters: dict[str, Any] | None = Field(None, description="Supported: max_active (int).")
-    inputs: list[InferTensor]
+    parameters: InferParameters | None = Field(None, description="Supported: max_active (int); others are ignored.")
+    inputs: Annotated[list[InferInputTensor], Field(min_length=1, max_length=1)]
     outputs: list[RequestedOutput] | None = Field(
         None, description="Outputs to return; default indptr, indices, values. Ask for x_hat to get reconstructions."
     )
