@@ -396,13 +396,9 @@ def external_data(graph: bytes) -> list[str]:
     return sorted(set(found))
 
 
-def check_external_data(folder: str | os.PathLike[str], manifest: Manifest, role: str, graph: bytes) -> list[str]:
+def external_data_roles(folder: str | os.PathLike[str], manifest: Manifest, role: str, locations: list[str]) -> list[str]:
     """The roles of the external-data files ``role``'s graph reads, each required to be in the manifest."""
     path = Path(folder) / manifest.files[role].path
-    try:
-        locations = external_data(graph)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(path, f"its protobuf cannot be checked for external data ({e}), so it is not loaded") from None
     by_path = {os.path.normpath(e.path): r for r, e in manifest.files.items()}
     roles = []
     for location in locations:
@@ -549,10 +545,11 @@ def open_sessions(
             )
         path, graph = Path(folder) / entry.path, read_file(folder, manifest, role)
         try:
-            data_roles = check_external_data(folder, manifest, role, graph)
-        except BundleError:
+            locations = external_data(graph)
+        except (ValueError, UnicodeDecodeError) as e:
             open_session(path, role, providers, threads, graph)  # ONNX Runtime's verdict on a broken file first
-            raise
+            raise BundleError(path, f"its protobuf cannot be checked for external data ({e}), so it is not loaded") from None
+        data_roles = external_data_roles(folder, manifest, role, locations)
         verify_files(folder, manifest, data_roles)
         sessions[role] = open_session(path, role, providers, threads, None if data_roles else graph)
     check_signatures(folder, manifest, sessions)
