@@ -279,6 +279,7 @@ def test_inputs_that_overflow_the_model_are_refused_and_never_cached_or_counted(
     codes, cached, and added to the reconstruction-error metric (+Inf until restart)."""
     rows = (np.where(np.arange(64) % 2, 3e38, -3e38) * np.ones((2, 1))).tolist()
     with server.client() as c:
+        assert c.post(f"{TOPK}/encode", json={"inputs": [[0.5] * 64], "return_reconstruction": True}).status_code == 200
         for _ in range(2):  # the second time from the cache, where only finite codes may be
             codes = c.post(f"{TOPK}/encode", json={"inputs": rows})
             if codes.status_code == 200:  # a top-k code can stay finite; its reconstruction cannot
