@@ -30,7 +30,6 @@ from sparsecodes import bundle
 from sparsecodes.bundle import BundleError
 from sparsecodes.serve import codec
 from sparsecodes.serve.app import InFlight, RequestContext
-from sparsecodes.serve.http.server import server_options
 from sparsecodes.serve.runtime import load_model
 from sparsecodes.serve.settings import Settings
 from tests.support.handmade import build_bundle
@@ -202,6 +201,8 @@ def test_malformed_inputs_are_4xx_and_the_connection_stays_usable(server: Server
 def test_an_unexpected_error_is_one_500_that_closes_the_connection_cleanly() -> None:
     """Whatever escapes the handlers is answered by the outermost layer (JSON, request id, ``Connection:
     close``), logged once, and never reaches uvicorn (which logged it again and cut the connection)."""
+
+    from sparsecodes.serve.http.server import server_options
 
     async def broken(scope: dict, receive: object, send: object) -> None:
         raise RuntimeError("a bug")
