@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import resource
 import signal
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,7 +83,8 @@ async def _answer(reader: asyncio.StreamReader, timeout_s: float) -> tuple[int, 
 
 
 def _held(server: ServerProcess) -> int:
-    return int(metric(server, "sparsecodes_connections_open"))
+    """Connections the server holds, besides the one asking."""
+    return int(metric(server, "sparsecodes_connections_open")) - 1
 
 
 # -- the attacks -------------------------------------------------------------------------------------------
@@ -157,14 +158,14 @@ async def connections(server: ServerProcess, args: argparse.Namespace) -> dict[s
         with contextlib.suppress(OSError):
             streams.append(await _open(server))
     answers = await asyncio.gather(*(_answer(r, 2) for r, _ in streams))
-    held = _held(server)
+    held = sum(not closed for _, closed in answers)  # (a /metrics request would itself be refused now)
     # A client arriving meanwhile is refused at once with 503 (not left hanging); once the idle sockets go, served.
     status, _ = await _request_status(server, b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
     for _, writer in streams:
         writer.close()
     await asyncio.sleep(1.0)
     after, _ = await _request_status(server, b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
-    return {"sockets": len(streams), "answers": _count(answers), "connections_held": held,
+    return {"sockets": len(streams), "answers": _count(answers), "open_after_2s": held,
             "newcomer_during": status, "newcomer_after": after,
             "rss_before_mb": round(before, 1), "rss_peak_growth_mb": round(server.peak_rss_mb() - before, 1)}
 
@@ -204,32 +205,44 @@ def huge_body_kinds(model: str, d_in: int) -> dict[str, bytes]:
     }
 
 
-class Probe(threading.Thread):
-    """An ordinary client on its own keep-alive connection: small encode requests back to back."""
+def _probe(host: str, port: int, request: bytes, stop: Any, out: Any) -> None:
+    """An ordinary client on its own keep-alive connection, in its own process (so the attack's sender does
+    not share its interpreter): small encode requests back to back; (time done, latency) of each."""
+    samples = []
+    with socket.create_connection((host, port), timeout=120) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = s.makefile("rb")
+        while not stop.is_set():
+            start = time.monotonic()
+            s.sendall(request)
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line[15:])
+            reader.read(length)
+            samples.append((time.monotonic(), time.monotonic() - start))
+            time.sleep(0.002)
+    out.put(samples)
 
+
+class Probe:
     def __init__(self, server: ServerProcess, request: bytes) -> None:
-        super().__init__(daemon=True)
-        self.server, self.request = server, request
-        self.latencies: list[float] = []
-        self.stop = threading.Event()
+        context = multiprocessing.get_context("spawn")
+        self.stop, self.queue = context.Event(), context.Queue()
+        self.process = context.Process(target=_probe, args=(server.host, server.port, request, self.stop, self.queue), daemon=True)
+        self.process.start()
 
-    def run(self) -> None:
-        with socket.create_connection((self.server.host, self.server.port), timeout=60) as s:
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            reader = s.makefile("rb")
-            while not self.stop.is_set():
-                start = time.perf_counter()
-                s.sendall(self.request)
-                length = 0
-                while (line := reader.readline()) not in (b"\r\n", b""):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line[15:])
-                reader.read(length)
-                self.latencies.append(time.perf_counter() - start)
-                time.sleep(0.002)
+    def finish(self) -> list[tuple[float, float]]:
+        self.stop.set()
+        samples = self.queue.get(timeout=120)
+        self.process.join(timeout=30)
+        return samples
 
-    def p99_between(self, a: int, b: int) -> float:
-        return float(np.percentile(self.latencies[a:b], 99)) * 1000
+
+def p99_ms(samples: list[tuple[float, float]], windows: list[tuple[float, float]]) -> float:
+    """p99 latency of the probe's requests that ended inside ``windows``."""
+    inside = [latency for done, latency in samples if any(a <= done <= b for a, b in windows)]
+    return float(np.percentile(inside, 99)) * 1000 if inside else float("nan")
 
 
 async def _huge(server: ServerProcess, path: str, body: bytes) -> int:
@@ -246,33 +259,35 @@ async def _huge(server: ServerProcess, path: str, body: bytes) -> int:
     return status
 
 
-async def _rounds(server: ServerProcess, probe: Probe, attack: Callable[[], Any], rounds: int) -> dict[str, Any]:
+async def _rounds(attack: Callable[[], Any], rounds: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[int], list[float]]:
+    """Interleaved rounds: 2 s of the probe alone, then the attack; the windows of each and what the attack got."""
     baseline, during, statuses, seconds = [], [], [], []
     for _ in range(rounds):
-        mark = len(probe.latencies)
+        start = time.monotonic()
         await asyncio.sleep(2.0)
-        baseline.append(probe.p99_between(mark, len(probe.latencies)))
-        mark, start = len(probe.latencies), time.monotonic()
+        baseline.append((start, time.monotonic()))
+        start = time.monotonic()
         statuses += await attack()
-        seconds.append(time.monotonic() - start)
-        during.append(probe.p99_between(mark, len(probe.latencies)))
-    return {"baseline_p99_ms": round(float(np.median(baseline)), 1), "during_p99_ms": round(float(np.median(during)), 1),
-            "ratio": round(float(np.median(during)) / float(np.median(baseline)), 2), "statuses": sorted(set(statuses)),
-            "attack_s": round(float(np.median(seconds)), 2), "rounds": rounds}
+        during.append((start, time.monotonic()))
+        seconds.append(during[-1][1] - start)
+    return baseline, during, statuses, seconds
 
 
 async def huge_bodies(server: ServerProcess, args: argparse.Namespace, kinds: dict[str, bytes] | None = None) -> dict[str, Any]:
     path = ENCODE.format(name=args.model)
     probe = Probe(server, http_request(path, codec.write_tensors({"inputs": np.full((4, args.d_in), 0.5, np.float32)}), codec.BINARY_MEDIA_TYPE))
-    probe.start()
-    out, before = {}, server.rss_mb()
+    runs, before = {}, server.rss_mb()
     try:
         for name, body in (kinds or huge_body_kinds(args.model, args.d_in)).items():
             await _huge(server, path, body)  # the first large body starts the parse worker
-            out[name] = await _rounds(server, probe, lambda b=body: asyncio.gather(*(_huge(server, path, b) for _ in range(3))), args.rounds)
+            runs[name] = await _rounds(lambda b=body: asyncio.gather(*(_huge(server, path, b) for _ in range(3))), args.rounds)
     finally:
-        probe.stop.set()
-        probe.join(timeout=60)
+        samples = probe.finish()
+    out: dict[str, Any] = {}
+    for name, (baseline, during, statuses, seconds) in runs.items():
+        base, hit = p99_ms(samples, baseline), p99_ms(samples, during)
+        out[name] = {"baseline_p99_ms": round(base, 1), "during_p99_ms": round(hit, 1), "ratio": round(hit / base, 2),
+                     "statuses": sorted(set(statuses)), "attack_s": round(float(np.median(seconds)), 2), "rounds": args.rounds}
     out["rss_peak_growth_mb"] = round(server.peak_rss_mb() - before, 1)
     return out
 
@@ -289,19 +304,22 @@ async def sigterm(server: ServerProcess, args: argparse.Namespace) -> dict[str, 
     server.proc.send_signal(signal.SIGTERM)
     sent_at = time.monotonic()
 
-    async def late(c: Connection, delay: float) -> bool:
+    async def late(c: Connection, delay: float) -> tuple[bool, bool]:
+        """(answered 200, with ``Connection: close``): requests the server read before it saw the signal
+        are answered as usual, the rest with close."""
         await asyncio.sleep(delay)
         try:
             status, _ = await asyncio.wait_for(c.send(request), 30)
-            return status == 200 and b"connection: close" in c.head.lower()
+            return status == 200, b"connection: close" in c.head.lower()
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            return False
+            return False, False
 
     delays = [0.2 * i / len(connections) for i in range(len(connections))]
-    answered = await asyncio.gather(*(late(c, d) for c, d in zip(connections, delays, strict=True)))
+    answers = await asyncio.gather(*(late(c, d) for c, d in zip(connections, delays, strict=True)))
     exit_code = await asyncio.to_thread(server.proc.wait, 60)
-    return {"connections": len(connections), "written_after_sigterm_ms": [0, 200], "answered_with_close": sum(answered),
-            "lost": len(answered) - sum(answered), "exit_code": exit_code, "exited_after_s": round(time.monotonic() - sent_at, 1)}
+    return {"connections": len(connections), "written_after_sigterm_ms": [0, 200], "answered": sum(a for a, _ in answers),
+            "with_connection_close": sum(c for _, c in answers), "lost": sum(not a for a, _ in answers),
+            "exit_code": exit_code, "exited_after_s": round(time.monotonic() - sent_at, 1)}
 
 
 ATTACKS: dict[str, tuple[Callable[..., Any], dict[str, str]]] = {

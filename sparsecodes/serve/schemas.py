@@ -10,9 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
-"""A non-empty base64 string (standard alphabet, padded): what the codec accepts."""
-Base64 = Annotated[str, Field(pattern=BASE64)]
+_B64 = "[A-Za-z0-9+/]"
+BASE64_4 = rf"^(?:{_B64}{{16}})*(?:{_B64}{{16}}|{_B64}{{6}}==|{_B64}{{11}}=)$"
+"""Non-empty base64 (standard alphabet, padded) of a whole number of 4-byte values (float32, int32)."""
+BASE64_8 = rf"^(?:{_B64}{{32}})*(?:{_B64}{{32}}|{_B64}{{11}}=|{_B64}{{22}}==)$"
+"""The same for 8-byte values (int64)."""
+Base64 = Annotated[str, Field(pattern=BASE64_4)]
+Base64Int64 = Annotated[str, Field(pattern=BASE64_8)]
 Row = Annotated[list[float], Field(min_length=1)]
 FloatMatrix = Annotated[list[Row], Field(min_length=1)] | Base64
 """A request's rows: at least one row of at least one number (the server then requires d_in of them)."""
@@ -66,7 +70,7 @@ class CodeRow(BaseModel):
 
 
 class CsrCodes(BaseModel):
-    indptr: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)] | Base64 = Field(
+    indptr: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)] | Base64Int64 = Field(
         description="[n + 1] row offsets into indices/values, from 0, never decreasing (or base64 int64)."
     )
     indices: list[Annotated[int, Field(ge=0)]] | Base64

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +30,7 @@ log = logging.getLogger("sparsecodes.http")
 
 T = TypeVar("T")
 
+PARSE_NICENESS = 10
 INLINE_BYTES = 256 * 1024
 """Bodies below this are parsed on the event loop (a 256 KiB JSON body of numbers parses in about 3 ms on an
 idle core; handing it to a process costs a round trip of about 1 ms plus copying)."""
@@ -61,7 +63,8 @@ class Offload:
         # Started on first use (spawned, not forked: the server process runs ONNX Runtime threads).
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+            # At a lower CPU priority: on a busy machine a huge parse yields the cores to the event loop.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=os.nice, initargs=(PARSE_NICENESS,))
         return self._pool
 
     def close(self) -> None:

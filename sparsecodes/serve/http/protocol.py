@@ -48,8 +48,11 @@ from sparsecodes.serve.metrics import CONNECTIONS_OPEN, HTTP_REFUSALS
 log = logging.getLogger("sparsecodes.http")
 
 LINGER_S = 1.0
-"""After refusing, keep reading (and dropping) for this long before closing, so the client reads the answer
-instead of a TCP reset (closing a socket with unread input sends one)."""
+"""After refusing, keep reading (and dropping) until the client has been quiet this long, so that it reads
+the answer instead of a TCP reset (closing a socket with unread input sends one): a client still uploading
+a refused 64 MiB body is let finish."""
+LINGER_MAX_S = 10.0
+"""…but for no longer than this."""
 
 TIMEOUT_SCOPE_KEY = "sparsecodes.timed_out"
 """Set in a request's ASGI scope when its body timed out here (the app then records 408, not 499)."""
@@ -139,6 +142,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._accepted = False
         self._closing = False
         self._draining = False
+        self._heard_at = self._linger_start = 0.0
 
     # -- connection ------------------------------------------------------------------------------------
 
@@ -172,7 +176,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
-            return  # refused: what the client still sends is dropped until the lingering close
+            self._heard_at = self.loop.time()  # refused: dropped, until the lingering close
+            return
         self._unset_keepalive_if_required()
         if self._state != BODY:
             self._head_bytes += len(data)
@@ -339,7 +344,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if transport.can_write_eof():
             transport.write_eof()
         transport.resume_reading()  # flow control may have paused it: dropping is what we want now
-        self.loop.call_later(LINGER_S, transport.close)
+        self._heard_at = self._linger_start = self.loop.time()
+        self.loop.call_later(LINGER_S, self._end_linger, transport)
+
+    def _end_linger(self, transport: asyncio.Transport) -> None:
+        now = self.loop.time()
+        if now - self._heard_at < LINGER_S and now - self._linger_start < LINGER_MAX_S and not transport.is_closing():
+            self.loop.call_later(LINGER_S - (now - self._heard_at), self._end_linger, transport)
+        else:
+            transport.close()
 
     # -- shutdown ---------------------------------------------------------------------------------------
 
