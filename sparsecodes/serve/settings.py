@@ -73,7 +73,8 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5.0, gt=0)
     """An idle keep-alive connection is closed after this long (put it above any proxy's idle timeout in front)."""
     parse_workers: int = Field(1, ge=0)
-    """Processes that parse large JSON bodies off the event loop (0: parse on the event loop)."""
+    """Processes that parse JSON bodies over 1 MiB off the event loop (0: on the event loop). Spawned on first
+    use: a script that starts the server itself must do so under ``if __name__ == "__main__":``."""
 
     @field_validator("api_keys", mode="before")
     @classmethod
