@@ -319,8 +319,8 @@ def check_version(folder: str | os.PathLike[str], manifest: Manifest) -> None:
 def load_manifest(folder: str | os.PathLike[str]) -> Manifest:
     """Read, validate and verify a bundle's manifest and files (not the graphs' signatures: see runtime)."""
     manifest = read_manifest(folder)
-    check_version(folder, manifest)
     verify_files(folder, manifest)
+    check_version(folder, manifest)  # after the files, so a damaged file is what the error names
     return manifest
 
 

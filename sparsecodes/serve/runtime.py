@@ -151,13 +151,13 @@ def load_model(folder: Path, providers: list[str], *, warm_up: bool = True) -> M
     Every listed file is read once and checked against the manifest's size and sha256 before it is used (the
     graphs reach ONNX Runtime as those bytes), and the manifest's version must be its graphs' content hash."""
     manifest = bundle.read_manifest(folder)
-    bundle.check_version(folder, manifest)
     files = manifest.files
     roles = ["encoder", "decoder", *(["decoder_sparse"] if "decoder_sparse" in files else [])]
     sessions = bundle.open_sessions(folder, manifest, roles, providers)
     # Every other listed file is checked too (fp16 graphs, external data: whatever the bundle claims).
     rest = [r for r in files if r not in roles and r != bundle.EXAMPLES_ROLE and not r.startswith(bundle.PLOT_ROLE_PREFIX)]
     bundle.verify_files(folder, manifest, rest)
+    bundle.check_version(folder, manifest)  # after the files, so a damaged file is what the error names
     encoder = sessions["encoder"]
     runtime = ModelRuntime(
         manifest, folder, encoder, sessions["decoder"], sessions.get("decoder_sparse"), encoder.get_providers(),
