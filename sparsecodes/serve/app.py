@@ -7,6 +7,7 @@ receives SIGTERM, while uvicorn lets in-flight requests finish (``SPARSECODES_GR
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -256,7 +257,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         finally:
             restore()
             app.state.engine = None
-            app.state.offload.close()
+            await asyncio.to_thread(app.state.offload.close)
             await engine.close()
 
     return lifespan

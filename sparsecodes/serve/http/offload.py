@@ -18,6 +18,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -75,11 +77,23 @@ class Offload:
         # Started on first use (spawned, not forked: the server process runs ONNX Runtime threads).
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
-            # At a lower CPU priority: on a busy machine a huge parse yields the cores to the event loop.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=os.nice, initargs=(PARSE_NICENESS,))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_start)
         return self._pool
 
     def close(self) -> None:
+        """Stop the workers and wait for them (a worker holds its own queue's write end, so one not told to
+        stop would wait for work forever)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _worker_start() -> None:
+    """In each worker: a lower CPU priority (on a busy machine a huge parse yields the cores to the event
+    loop), and on Linux, ending with the server even if it is killed (no orphan parse workers)."""
+    os.nice(PARSE_NICENESS)
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
