@@ -56,6 +56,12 @@ HTTP_REFUSALS = Counter(
     "in time: closed), bad_request (unparsable HTTP: 400).",
     ["reason"],
 )
+BODY_PARSES = Counter(
+    "sparsecodes_body_parses",
+    "Request bodies parsed, by where: inline (on the event loop: small bodies), worker (a JSON body of 1 MiB or "
+    "more, in a parse worker process), thread (a large binary body).",
+    ["where"],
+)
 REQUESTS_IN_FLIGHT = Gauge("sparsecodes_requests_in_flight", "HTTP requests being handled now.")
 MODEL_INFO = Gauge(
     "sparsecodes_model_info",

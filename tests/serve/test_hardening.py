@@ -77,6 +77,12 @@ def requests_with(server: Server, status: int, route: str = "/v1/models/{name}/e
 # -- 2. one request freezing every client ------------------------------------------------------------------
 
 
+def parses(metrics_text: str, where: str) -> float:
+    """``sparsecodes_body_parses_total{where=...}`` from a /metrics page."""
+    prefix = f'sparsecodes_body_parses_total{{where="{where}"}} '
+    return sum(float(line[len(prefix):]) for line in metrics_text.splitlines() if line.startswith(prefix))
+
+
 def _ragged_body(rows: int = 4096, d: int = 64) -> bytes:
     """Valid JSON of ~14 MB (within the limits for 4096 rows of 64 values), refused only once it is parsed:
     its last row is one value short."""
@@ -119,11 +125,16 @@ def test_a_huge_body_does_not_freeze_other_clients(model_dir: Path, tmp_path: Pa
             during = probes[mark:]
             stop.set()
             thread.join(timeout=30)
+            worker_parses = parses(c.get("/metrics").text, "worker")
     finally:
         server.stop()
+    # Structural, not a timing ratio (the machine may be loaded): the huge bodies went to the parse worker,
+    # and the event loop kept answering the probe meanwhile (never stalled for a whole huge request).
+    # Other clients' p99 under such bodies is measured by `sparsecodes bench attack` (docs/reliability.md).
+    assert worker_parses == 4, worker_parses
     assert len(during) >= 10
-    assert max(during) < 0.25 * min(durations), (f"slowest probe {max(during) * 1000:.0f} ms while huge requests "
-                                                 f"took {[round(d * 1000) for d in durations]} ms")
+    assert max(during) < min(durations), (f"slowest probe {max(during) * 1000:.0f} ms while huge requests "
+                                          f"took {[round(d * 1000) for d in durations]} ms")
 
 
 def test_row_and_value_limits_apply_while_the_body_streams(model_dir: Path) -> None:

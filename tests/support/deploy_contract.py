@@ -59,6 +59,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sparsecodes_requests_in_flight": ("gauge", ()),
     "sparsecodes_connections_open": ("gauge", ()),
     "sparsecodes_http_refusals_total": ("counter", ("reason",)),
+    "sparsecodes_body_parses_total": ("counter", ("where",)),
     "sparsecodes_model_info": ("gauge", ("model", "version", "kind", "provider")),
 }
 

@@ -25,6 +25,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from sparsecodes.serve.metrics import BODY_PARSES
 from sparsecodes.serve.parse import Body
 
 log = logging.getLogger("sparsecodes.http")
@@ -50,17 +51,24 @@ class Offload:
 
     async def run(self, parse: Callable[..., T], body: Body, *args: Any) -> T:
         if len(body.data) < INLINE_BYTES:
-            return parse(body, *args)
-        loop = asyncio.get_running_loop()
+            return self._inline(parse, body, *args)
         if body.binary:
-            return await loop.run_in_executor(self.threads, parse, body, *args)
+            BODY_PARSES.labels(where="thread").inc()
+            return await asyncio.get_running_loop().run_in_executor(self.threads, parse, body, *args)
         if self.workers == 0:
-            return parse(body, *args)
+            return self._inline(parse, body, *args)
         try:
-            return await asyncio.wrap_future(self._processes().submit(parse, body, *args))
+            future = self._processes().submit(parse, body, *args)
+            BODY_PARSES.labels(where="worker").inc()
+            return await asyncio.wrap_future(future)
         except BrokenProcessPool:
             self._broken()
-        return parse(body, *args)  # served all the same, on the event loop
+        return self._inline(parse, body, *args)  # served all the same, on the event loop
+
+    @staticmethod
+    def _inline(parse: Callable[..., T], body: Body, *args: Any) -> T:
+        BODY_PARSES.labels(where="inline").inc()
+        return parse(body, *args)
 
     def _broken(self) -> None:
         """A worker died (killed for memory, or it could not start: workers are spawned, so a script that starts
