@@ -123,6 +123,8 @@ class Connection:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.head = b""
+        """The last response's status line and headers."""
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
@@ -132,7 +134,7 @@ class Connection:
 
     async def send(self, request: bytes) -> tuple[int, bytes]:
         self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
+        head = self.head = await self.reader.readuntil(b"\r\n\r\n")
         length = 0
         for line in head.split(b"\r\n"):
             if line[:15].lower() == b"content-length:":

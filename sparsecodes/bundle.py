@@ -226,12 +226,19 @@ def file_entry(folder: Path, name: str) -> FileEntry:
     return FileEntry(path=name, sha256=sha256_file(p), size=p.stat().st_size)
 
 
-def content_version(files: dict[str, FileEntry]) -> str:
-    """The bundle's version: a hash over its files' hashes, so equal contents give equal versions."""
+def content_digest(files: dict[str, FileEntry]) -> str:
+    """A sha256 over the graphs' hashes (the roles of ``GRAPH_FILES``; other roles are ignored): what the
+    bundle computes, so equal graphs give equal digests (the service's cache keys are built from it)."""
     h = hashlib.sha256()
-    for role in sorted(files):
+    for role in sorted(r for r in files if r in GRAPH_FILES):
         h.update(f"{role}:{files[role].sha256}\n".encode())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
+
+
+def content_version(files: dict[str, FileEntry]) -> str:
+    """The bundle's version: the first 16 hex digits of :func:`content_digest`. The loader recomputes it,
+    so a manifest cannot claim another bundle's version."""
+    return content_digest(files)[:16]
 
 
 def now_iso() -> str:
@@ -256,32 +263,152 @@ def read_manifest(folder: str | os.PathLike[str]) -> Manifest:
         raise BundleError(path, f"does not match the manifest schema: {problems}") from None
 
 
-def verify_files(folder: str | os.PathLike[str], manifest: Manifest) -> None:
-    """Check every file the manifest lists: present, inside the folder, right size, right sha256."""
+def _checked_path(root: Path, role: str, entry: FileEntry) -> Path:
+    """``entry``'s file, resolved (symlinks followed) and required to stay inside ``root``."""
+    path = (root / entry.path).resolve()
+    if root not in path.parents:
+        raise BundleError(root / entry.path, f"file for role {role!r} points outside the bundle folder")
+    if not path.is_file():
+        raise BundleError(path, f"missing (listed in the manifest as {role!r})")
+    return path
+
+
+def _check_digest(path: Path, entry: FileEntry, size: int, digest: str) -> None:
+    if size != entry.size:
+        raise BundleError(path, f"size is {size} bytes but the manifest says {entry.size} (truncated or replaced?)")
+    if digest != entry.sha256:
+        raise BundleError(path, f"sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…")
+
+
+def read_file(folder: str | os.PathLike[str], manifest: Manifest, role: str) -> bytes:
+    """The bytes of ``role``'s file, checked against the manifest: what is hashed is what the caller uses (the
+    file is not opened again, so it cannot be swapped between check and use)."""
     root = Path(folder).resolve()
-    for role, entry in manifest.files.items():
-        path = (root / entry.path).resolve()
-        if root not in path.parents:
-            raise BundleError(root / entry.path, f"file for role {role!r} points outside the bundle folder")
-        if not path.is_file():
-            raise BundleError(path, f"missing (listed in the manifest as {role!r})")
-        size = path.stat().st_size
-        if size != entry.size:
-            raise BundleError(
-                path, f"size is {size} bytes but the manifest says {entry.size} (truncated or replaced?)"
-            )
-        digest = sha256_file(path)
-        if digest != entry.sha256:
-            raise BundleError(
-                path, f"sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…"
-            )
+    entry = manifest.files[role]
+    path = _checked_path(root, role, entry)
+    try:  # O_NOFOLLOW: the resolved path must not have become a symlink since
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BundleError(path, f"cannot be read: {e}") from None
+    _check_digest(path, entry, len(data), hashlib.sha256(data).hexdigest())
+    return data
+
+
+def verify_files(folder: str | os.PathLike[str], manifest: Manifest, roles: list[str] | None = None) -> None:
+    """Check the files of ``roles`` (default: every file the manifest lists): present, inside the folder
+    (no symlink leaving it), right size, right sha256 (streamed: external data may be large)."""
+    root = Path(folder).resolve()
+    for role in manifest.files if roles is None else roles:
+        entry = manifest.files[role]
+        path = _checked_path(root, role, entry)
+        _check_digest(path, entry, path.stat().st_size, sha256_file(path))
+
+
+def check_version(folder: str | os.PathLike[str], manifest: Manifest) -> None:
+    """The manifest's ``version`` must be the content hash of the graphs it lists."""
+    expected = content_version(manifest.files)
+    if manifest.version != expected:
+        raise BundleError(
+            Path(folder) / MANIFEST_FILE,
+            f"version {manifest.version!r} is not the content hash of the graphs it lists ({expected!r}): "
+            "the manifest was edited or copied from another bundle",
+        )
 
 
 def load_manifest(folder: str | os.PathLike[str]) -> Manifest:
     """Read, validate and verify a bundle's manifest and files (not the graphs' signatures: see runtime)."""
     manifest = read_manifest(folder)
     verify_files(folder, manifest)
+    check_version(folder, manifest)  # after the files, so a damaged file is what the error names
     return manifest
+
+
+# -- ONNX external data -------------------------------------------------------------------------------------
+# A graph may keep its weights in other files ("external data", named in the graph by a relative path that ONNX
+# Runtime opens itself). Each such file must be listed in the manifest, so it is hashed like the graph: a
+# swapped weights file was once served. Found by reading the protobuf's wire format (no onnx package here).
+
+_ONNX_CHILDREN: dict[str, dict[int, str]] = {
+    # message → {field number: message it holds} along every path that can reach a TensorProto (onnx.proto)
+    "model": {7: "graph", 20: "training", 25: "function"},
+    "training": {1: "graph", 2: "graph"},
+    "function": {7: "node"},
+    "graph": {1: "node", 5: "tensor", 15: "sparse"},
+    "node": {5: "attribute"},
+    "attribute": {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"},
+    "sparse": {1: "tensor", 2: "tensor"},
+    "tensor": {13: "entry"},  # external_data: repeated StringStringEntryProto
+    "entry": {},
+}
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(data: memoryview, start: int, end: int) -> Any:
+    """(field number, wire type, value or (begin, end) of a length-delimited field) of one message."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+            yield number, wire, None
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > end:
+                raise ValueError("field runs past its message")
+            yield number, wire, (pos, pos + length)
+            pos += length
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def external_data(graph: bytes) -> list[str]:
+    """The external-data locations an ONNX model's tensors name (``[]`` for a self-contained graph)."""
+    data, found = memoryview(graph), []
+    stack = [("model", 0, len(graph))]
+    while stack:
+        kind, start, end = stack.pop()
+        entry: dict[int, bytes] = {}
+        for number, wire, span in _fields(data, start, end):
+            if wire != 2:
+                continue
+            if kind == "entry":
+                entry[number] = bytes(data[span[0] : span[1]])
+            elif number in _ONNX_CHILDREN[kind]:
+                stack.append((_ONNX_CHILDREN[kind][number], *span))
+        if kind == "entry" and entry.get(1) == b"location":
+            found.append(entry.get(2, b"").decode("utf-8", "replace"))
+    return sorted(set(found))
+
+
+def external_data_roles(folder: str | os.PathLike[str], manifest: Manifest, role: str, locations: list[str]) -> list[str]:
+    """The roles of the external-data files ``role``'s graph reads, each required to be in the manifest."""
+    path = Path(folder) / manifest.files[role].path
+    by_path = {os.path.normpath(e.path): r for r, e in manifest.files.items()}
+    roles = []
+    for location in locations:
+        listed = by_path.get(os.path.normpath(os.path.join(os.path.dirname(manifest.files[role].path), location)))
+        if listed is None:
+            raise BundleError(
+                path, f"reads external data from {location!r}, which the manifest does not list (so nothing checks it)"
+            )
+        roles.append(listed)
+    return roles
 
 
 def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Path:
@@ -369,13 +496,16 @@ def check_signatures(folder: str | os.PathLike[str], manifest: Manifest, session
         _check_args(path, "outputs", outputs, session.get_outputs())
 
 
-def open_session(path: str | os.PathLike[str], role: str, providers: list[str] | None = None, threads: int = 0) -> Any:
+def open_session(
+    path: str | os.PathLike[str], role: str, providers: list[str] | None = None, threads: int = 0, model: bytes | None = None
+) -> Any:
     """The one way any layer opens a bundle's graph with ONNX Runtime (export's verification, the service,
     the benchmarks), so what export verifies is what the service runs.
 
     ``threads`` is the intra-op thread count (0: ONNX Runtime's default); graphs of ``SEQUENTIAL_ROLES``
-    always get one. Raises a ``BundleError`` naming the file if ONNX Runtime cannot load it. Imports
-    onnxruntime on call, so reading manifests needs only pydantic.
+    always get one. ``model``: the graph's bytes, already read and checked (then ``path`` only names it).
+    Raises a ``BundleError`` naming the file if ONNX Runtime cannot load it. Imports onnxruntime on call, so
+    reading manifests needs only pydantic.
     """
     import onnxruntime as ort
 
@@ -387,7 +517,8 @@ def open_session(path: str | os.PathLike[str], role: str, providers: list[str] |
     # event loop (parsing, responding) needs between runs. Measured: half the CPU per micro-batched request.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+        source = model if model is not None else str(path)
+        return ort.InferenceSession(source, sess_options=options, providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # ONNX Runtime raises several unrelated types for a bad graph
         raise BundleError(path, f"ONNX Runtime cannot load it: {e}") from None
 
@@ -401,6 +532,8 @@ def open_sessions(
 ) -> dict[str, Any]:
     """Open the bundle's graphs (:func:`open_session`) and check their signatures: role → session.
 
+    Each graph is read once and checked against the manifest (:func:`read_file`), and ONNX Runtime gets those
+    very bytes; a graph with external data is opened from its path, after its data files are checked too.
     ``roles`` defaults to every graph the manifest lists; a role the manifest lacks is a ``BundleError``.
     """
     sessions: dict[str, Any] = {}
@@ -410,6 +543,14 @@ def open_sessions(
             raise BundleError(
                 Path(folder) / GRAPH_FILES.get(role, role), f"role {role!r} is not in the manifest"
             )
-        sessions[role] = open_session(Path(folder) / entry.path, role, providers, threads)
+        path, graph = Path(folder) / entry.path, read_file(folder, manifest, role)
+        try:
+            locations = external_data(graph)
+        except (ValueError, UnicodeDecodeError) as e:
+            open_session(path, role, providers, threads, graph)  # ONNX Runtime's verdict on a broken file first
+            raise BundleError(path, f"its protobuf cannot be checked for external data ({e}), so it is not loaded") from None
+        data_roles = external_data_roles(folder, manifest, role, locations)
+        verify_files(folder, manifest, data_roles)
+        sessions[role] = open_session(path, role, providers, threads, None if data_roles else graph)
     check_signatures(folder, manifest, sessions)
     return sessions

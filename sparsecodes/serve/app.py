@@ -7,6 +7,7 @@ receives SIGTERM, while uvicorn lets in-flight requests finish (``SPARSECODES_GR
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -22,11 +23,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sparsecodes.serve import metrics, oip, playground_routes, routes
+from sparsecodes.serve import docs, metrics, oip, playground_routes, routes
 from sparsecodes.serve.engine import Engine, make_cache
 from sparsecodes.serve.errors import (
+    ClientClosedRequest,
     InternalError,
     InvalidInput,
     MethodNotAllowed,
@@ -36,6 +39,7 @@ from sparsecodes.serve.errors import (
     status_of,
 )
 from sparsecodes.serve.fastpath import FastPath
+from sparsecodes.serve.http.offload import Offload
 from sparsecodes.serve.logs import configure_logging
 from sparsecodes.serve.runtime import load_models, resolve_providers
 from sparsecodes.serve.settings import Settings
@@ -63,7 +67,8 @@ class InFlight:
 
 
 class RequestContext:
-    """Pure ASGI middleware: request id, in-flight count, latency histogram, one log line per request."""
+    """Pure ASGI middleware, the outermost: request id, in-flight count, latency histogram, one log line per
+    request, HEAD as GET, and the last word on any exception (answered here, never passed on to uvicorn)."""
 
     QUIET_ROUTES = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"})
 
@@ -76,9 +81,13 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        if method == "HEAD":
+            # Served as GET; uvicorn drops the body, reading the method from its own scope (not this copy).
+            scope = {**scope, "method": "GET"}
         rid = _header(scope, b"x-request-id") or _new_request_id()
         scope.setdefault("state", {})["request_id"] = rid
-        status = 500
+        status = 0
         start = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -92,12 +101,30 @@ class RequestContext:
         self.in_flight.n += 1
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            status = await self._failed(scope, rid, exc, status, send_with_id)
         finally:
             self.in_flight.n -= 1
             metrics.REQUESTS_IN_FLIGHT.dec()
-            self._record(scope, rid, status, time.perf_counter() - start)
+            self._record(scope, method, rid, status or 500, time.perf_counter() - start)
 
-    def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
+    @staticmethod
+    async def _failed(scope: Scope, rid: str, exc: Exception, status: int, send: Send) -> int:
+        """An exception no handler answered. Uvicorn, seeing it, would log it a second time and drop the
+        connection without ``Connection: close`` (keep-alive clients lost the requests they had already
+        written: 8 of 50 following requests failed). A client that went away is not an error at all."""
+        if isinstance(exc, ClientDisconnect):
+            return status or status_of(ClientClosedRequest(""))
+        log.error("unhandled error: %s", exc, exc_info=exc, extra={"request_id": rid})
+        if status:  # the response had started: nothing more can be said on this connection
+            return status
+        error = InternalError(f"internal error; quote request id {rid} when reporting it")
+        response = json_response(error_body(error, rid), status_code=500)
+        response.headers["connection"] = "close"
+        await response(scope, _no_body, send)
+        return 500
+
+    def _record(self, scope: Scope, method: str, rid: str, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         name = scope.get("path_params", {}).get("name")
         model = name if name in self.known_models() else ""
@@ -106,14 +133,18 @@ class RequestContext:
         log.log(
             level,
             "%s %s %d",
-            scope["method"],
+            method,
             scope["path"],
             status,
             extra={
-                "request_id": rid, "method": scope["method"], "path": scope["path"], "route": route,
+                "request_id": rid, "method": method, "path": scope["path"], "route": route,
                 "status": status, "duration_ms": round(seconds * 1000, 3), "model": model or None,
             },
         )
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}
 
 
 _ID_PREFIX = os.urandom(6).hex()
@@ -169,19 +200,20 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
-            return _error_response(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+            return _error_response(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"), _allow(exc))
         if exc.status_code == 404:
-            return _error_response(request, RouteNotFound(f"no route {request.url.path}; see /docs"))
+            return _error_response(request, RouteNotFound(f"no route {request.url.path}; see /docs"[:300]))
         error = ServiceError(str(exc.detail))
         return json_response(error_body(error, _request_id(request)), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        rid = _request_id(request)
-        log.error("unhandled error: %s", exc, exc_info=exc, extra={"request_id": rid})
-        # This handler answers outside the request-context middleware, so it sets the id header itself.
-        error = InternalError(f"internal error; quote request id {rid} when reporting it")
-        return _error_response(request, error, {"x-request-id": rid} if rid else None)
+
+def _allow(exc: StarletteHTTPException) -> dict[str, str]:
+    """The ``Allow`` header of a 405 (RFC 9110 requires it): the route's methods, with HEAD wherever GET is
+    (``RequestContext`` serves HEAD as GET); static files, whose 405 names none, allow GET and HEAD."""
+    methods = [m.strip() for m in (exc.headers or {}).get("Allow", "GET").split(",")]
+    if "GET" in methods and "HEAD" not in methods:
+        methods.append("HEAD")
+    return {"allow": ", ".join(methods)}
 
 
 def _flip_readiness_on_sigterm(app: FastAPI) -> Callable[[], None]:
@@ -215,6 +247,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             log.warning("no servable bundle under %s (%d skipped); readiness stays false", settings.model_dir, len(problems))
         app.state.problems = problems
         engine = Engine(models, settings, make_cache(settings), load=app.state.in_flight)
+        app.state.offload = Offload(settings.parse_workers, engine.executor)
         app.state.engine = engine
         engine.ready = True
         restore = _flip_readiness_on_sigterm(app)
@@ -224,6 +257,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         finally:
             restore()
             app.state.engine = None
+            await asyncio.to_thread(app.state.offload.close)
             await engine.close()
 
     return lifespan
@@ -259,13 +293,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     settings = settings or Settings()
     configure_logging(settings.log_format, settings.log_level)
-    app = FastAPI(title="sparsecodes", version=__version__, description=DESCRIPTION, lifespan=_lifespan(settings))
+    app = FastAPI(
+        title="sparsecodes", version=__version__, description=DESCRIPTION, lifespan=_lifespan(settings),
+        docs_url=None, redoc_url=None,  # served by docs.install, without a CDN
+    )
     app.state.settings = settings
     app.state.in_flight = InFlight()
     app.include_router(routes.router)
     app.include_router(oip.health)
     app.include_router(oip.router)
     playground_routes.install(app)  # the web page at / and the endpoints it reads
+    docs.install(app)
 
     # response_class documents the text exposition format (the schema said application/json: schemathesis).
     @app.get("/metrics", include_in_schema=True, tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -3,8 +3,9 @@
 A cached value is one row's sparse code stored compactly: ``nnz`` pairs of (index little-endian int32,
 value little-endian float32), 8 bytes per active latent, no JSON. Pairs (rather than all indices then all
 values) let a batch of cached rows be joined into one buffer and read back with a single ``frombuffer``.
-Keys are built by the caller from the bundle version, the options that change the code and a hash of
-the row.
+Keys are built by the caller from the bundle's content hashes, the options that change the code and a
+hash of the row. Values are checked before use (:func:`drop_invalid`): a cache shared over the network
+holds whatever was written to it.
 
 * :class:`LRUCache`: in process, bounded by entry count; the default, so the service needs nothing else.
 * :class:`RedisCache`: shared across replicas through ``redis.asyncio`` (pipelined ``MGET``/``SET EX``).
@@ -18,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -50,24 +52,53 @@ def unpack_rows(blobs: list[bytes]) -> SparseCodes:
     return SparseCodes(indptr, pairs["index"].astype(np.int64), pairs["value"].astype(np.float32))
 
 
+def drop_invalid(blobs: list[bytes | None], d_served: int, max_active: int | None) -> int:
+    """Replace by ``None`` every value that :func:`pack_rows` cannot have written for a ``d_served``-wide code
+    capped at ``max_active``; returns how many. A valid row is a whole number of pairs, at most
+    ``min(d_served, max_active)`` of them, with indices in range and strictly ascending and values finite
+    and nonzero (inactive latents are not stored). Vectorised over the batch: microseconds per request."""
+    limit = min(d_served, max_active or d_served)
+    found = [i for i, b in enumerate(blobs) if b is not None]
+    bad = {i for i in found if len(blobs[i]) % PAIR.itemsize or len(blobs[i]) > limit * PAIR.itemsize}  # type: ignore[arg-type]
+    ok = [i for i in found if i not in bad]
+    if ok:
+        pairs = np.frombuffer(b"".join(blobs[i] for i in ok), dtype=PAIR)  # type: ignore[misc]
+        rows = np.repeat(np.arange(len(ok)), [len(blobs[i]) // PAIR.itemsize for i in ok])  # type: ignore[arg-type]
+        index, value = pairs["index"], pairs["value"]
+        wrong = (index < 0) | (index >= d_served) | ~np.isfinite(value) | (value == 0)
+        wrong[1:] |= (np.diff(index) <= 0) & (rows[1:] == rows[:-1])
+        bad.update(ok[r] for r in np.unique(rows[wrong]).tolist())
+    for i in bad:
+        blobs[i] = None
+    return len(bad)
+
+
+Validator = Callable[[list[bytes | None]], int]
+"""Marks unusable values ``None`` in place and returns how many (``drop_invalid`` with the model's sizes)."""
+
+
 class CodeCache(Protocol):
     """Look-up and store many rows at once; never raises."""
 
     name: str
 
-    async def get_many(self, keys: list[bytes]) -> list[bytes | None]: ...
+    async def get_many(self, keys: list[bytes], validate: Validator | None = None) -> list[bytes | None]: ...
 
     async def set_many(self, items: list[tuple[bytes, bytes]]) -> None: ...
 
     async def close(self) -> None: ...
 
 
-def _count(results: list[bytes | None]) -> None:
+def _count(results: list[bytes | None], validate: Validator | None) -> None:
+    """Count hits and misses after ``validate``: an invalid entry is a miss, and counted as invalid too."""
+    invalid = validate(results) if validate is not None else 0
     hits = sum(r is not None for r in results)
     if hits:
         CACHE_REQUESTS.labels(result="hit").inc(hits)
     if len(results) - hits:
         CACHE_REQUESTS.labels(result="miss").inc(len(results) - hits)
+    if invalid:
+        CACHE_REQUESTS.labels(result="invalid").inc(invalid)
 
 
 class LRUCache:
@@ -84,14 +115,14 @@ class LRUCache:
     def __len__(self) -> int:
         return len(self._data)
 
-    async def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+    async def get_many(self, keys: list[bytes], validate: Validator | None = None) -> list[bytes | None]:
         out: list[bytes | None] = []
         for key in keys:
             blob = self._data.get(key)
             if blob is not None:
                 self._data.move_to_end(key)
             out.append(blob)
-        _count(out)
+        _count(out, validate)
         return out
 
     async def set_many(self, items: list[tuple[bytes, bytes]]) -> None:
@@ -155,7 +186,7 @@ class RedisCache:
             log.info("redis reachable again at %s", self.url)
         self._backoff_s = 0.0
 
-    async def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+    async def get_many(self, keys: list[bytes], validate: Validator | None = None) -> list[bytes | None]:
         if not keys:
             return []
         if not self.available:
@@ -167,7 +198,7 @@ class RedisCache:
             self._failed("MGET", e, len(keys))
             return [None] * len(keys)
         self._succeeded()
-        _count(out)
+        _count(out, validate)
         return out
 
     async def set_many(self, items: list[tuple[bytes, bytes]]) -> None:

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as e:
-        raise CommandError(f"invalid setting: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+        raise CommandError(f"invalid setting SPARSECODES_{str(e.errors()[0]['loc'][0]).upper()}: {e.errors()[0]['msg']}") from None
     _check_providers(settings.providers)
     if args.demo:
         _fill_demo(settings.model_dir)
@@ -66,15 +66,9 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from sparsecodes.serve.app import create_app
+    from sparsecodes.serve.http.server import server_options
 
-    common = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": None,
-        "access_log": False,
-        "timeout_graceful_shutdown": settings.graceful_timeout_s,
-        "proxy_headers": True,
-    }
+    common = server_options(settings)
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **common)
         return

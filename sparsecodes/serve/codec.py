@@ -37,19 +37,60 @@ _ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
 
 
 def loads(body: bytes) -> Any:
-    """Parse a JSON body; NaN/Infinity (which some encoders emit) are named as such."""
+    """Parse a JSON body; NaN/Infinity (which some encoders emit) are named as such, and a key given twice in
+    one object is refused (orjson would silently keep the last)."""
     if not body.strip():
         raise MalformedBody("the request body is empty; expected a JSON object")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        try:
-            json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise MalformedBody(f"the body is not valid JSON: {e}") from None
-        except RecursionError:  # orjson stops at 1024 levels; the fallback parser must not crash on them
-            raise MalformedBody(f"the JSON body is nested too deeply ({e}); arrays are at most 2 levels deep") from None
-        raise InvalidInput("the body holds NaN or Infinity (or a number too large for a double); inputs must be finite") from None
+        _explain(body, e)
+    # Every key is followed by one ':', so a body with as many ':' as the parsed objects have keys has no
+    # duplicate (one C count; values never hold ':' but strings may, then the exact check runs).
+    if body.count(b":") != _count_keys(data):
+        _refuse_duplicate_keys(body)
+    return data
+
+
+def _explain(body: bytes, e: orjson.JSONDecodeError) -> None:
+    """Why orjson refused ``body``: the standard parser tells NaN/Infinity (valid for it) from broken JSON."""
+    try:
+        json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedBody(f"the body is not valid JSON: {e}") from None
+    except RecursionError:  # orjson stops at 1024 levels; the fallback parser must not crash on them
+        raise MalformedBody(f"the JSON body is nested too deeply ({e}); arrays are at most 2 levels deep") from None
+    raise InvalidInput("the body holds NaN or Infinity (or a number too large for a double); inputs must be finite") from None
+
+
+def _count_keys(value: Any) -> int:
+    """Keys of the objects in ``value``, not looking inside arrays of arrays (rows of numbers): a lower
+    bound, which is all :func:`loads` needs. Iterative: orjson accepts objects nested 1024 deep."""
+    count, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            count += len(v)
+            stack.extend(v.values())
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            stack.extend(v)
+    return count
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        name = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise MalformedBody(f"the JSON body gives the key {name!r} more than once in one object; give each key once")
+    return out
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    try:
+        json.loads(body, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise MalformedBody("the JSON body is nested too deeply") from None
 
 
 def dumps(obj: Any) -> bytes:
@@ -80,7 +121,7 @@ def numbers(value: Any, field: str) -> np.ndarray:
         array = np.array(value)
     except ValueError:
         raise InvalidInput(f"{field} has rows of different lengths (ragged); every row must have the same length") from None
-    if array.dtype.kind not in "fiub":
+    if array.dtype.kind not in "fiu":
         raise InvalidInput(f"{field} must hold only numbers (found {_first_non_number(value)})")
     return array
 
@@ -91,7 +132,7 @@ def _first_non_number(value: Any) -> str:
         v = stack.pop()
         if isinstance(v, list):
             stack.extend(reversed(v))
-        elif not isinstance(v, int | float):
+        elif type(v) not in (int, float):
             return f"{type(v).__name__} {v!r}"[:60]
     return "a value that is not a number"
 
@@ -114,14 +155,18 @@ def float_matrix(value: Any, d: int, field: str, max_rows: int) -> np.ndarray:
     return check_matrix(x, d, field, max_rows)
 
 
+def check_rows(n: int, field: str, max_rows: int) -> None:
+    if n > max_rows:
+        raise PayloadTooLarge(f"{field} has {n} rows; at most {max_rows} per request (SPARSECODES_MAX_ROWS: split the batch)")
+
+
 def check_matrix(x: np.ndarray, d: int, field: str, max_rows: int) -> np.ndarray:
     """Shape ``[n, d]`` with ``1 ≤ n ≤ max_rows`` and finite float32 values, or a 4xx naming the problem."""
     if x.ndim != 2:
         raise InvalidInput(f"{field} must be 2-D [rows, {d}], got shape {list(x.shape)}")
     if x.shape[0] == 0:
         raise InvalidInput(f"{field} is empty; send at least one row")
-    if x.shape[0] > max_rows:
-        raise PayloadTooLarge(f"{field} has {x.shape[0]} rows; at most {max_rows} per request (split the batch)")
+    check_rows(x.shape[0], field, max_rows)
     if x.shape[1] != d:
         raise InvalidInput(f"{field} rows have {x.shape[1]} values but the model expects d_in={d}")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is reported just below
@@ -262,10 +307,26 @@ def _split(body: bytes) -> tuple[dict[str, Any], memoryview]:
     return header, memoryview(body)[8 + n :]
 
 
+MAX_DIMS = 8
+"""Tensors of the service have 1 or 2 dimensions; a 70-dimensional one once reached NumPy (limit 64): a 500."""
+
+
 def read_tensors(body: bytes) -> dict[str, np.ndarray]:
-    """Parse a safetensors-layout body → name → array (little-endian, read-only views)."""
+    """Parse a safetensors-layout body → name → array (little-endian, read-only views).
+
+    As in the safetensors format, the tensors' byte ranges must tile the data section: no overlap (two
+    tensors sharing bytes), no gap, nothing after the last."""
     header, data = _split(body)
-    return {name: _tensor(name, spec, data) for name, spec in header.items() if name != "__metadata__"}
+    specs = {name: _spec(name, spec, len(data)) for name, spec in header.items() if name != "__metadata__"}
+    end = 0
+    for name, (_, _, begin, stop) in sorted(specs.items(), key=lambda item: item[1][2:]):
+        if begin != end:
+            what = "overlaps the tensor before it" if begin < end else f"leaves bytes {end}..{begin} unused"
+            raise MalformedBody(f"binary tensor {name!r}: data_offsets start at {begin}, which {what}; the tensors must tile the data")
+        end = stop
+    if end != len(data):
+        raise MalformedBody(f"binary body has {len(data) - end} bytes after its last tensor; the tensors must tile the data")
+    return {name: np.frombuffer(data[b:e], dtype=dtype).reshape(shape) for name, (dtype, shape, b, e) in specs.items()}
 
 
 def read_metadata(body: bytes) -> dict[str, str]:
@@ -274,19 +335,23 @@ def read_metadata(body: bytes) -> dict[str, str]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _tensor(name: str, spec: Any, data: memoryview) -> np.ndarray:
+def _spec(name: str, spec: Any, size: int) -> tuple[str, list[int], int, int]:
+    """One header entry → (dtype, shape, begin, end), every field of its exact JSON type."""
     try:
-        dtype, shape, (begin, end) = _ST_DTYPES[spec["dtype"]], [int(s) for s in spec["shape"]], spec["data_offsets"]
-    except (KeyError, TypeError, ValueError):
-        raise MalformedBody(
-            f"binary tensor {name!r}: needs dtype (one of {sorted(_ST_DTYPES)}), shape and data_offsets"
-        ) from None
-    count = math.prod(shape)
-    if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= len(data)):
-        raise MalformedBody(f"binary tensor {name!r}: data_offsets {[begin, end]} lie outside the {len(data)}-byte data")
-    if end - begin != count * np.dtype(dtype).itemsize or any(s < 0 for s in shape):
-        raise MalformedBody(f"binary tensor {name!r}: shape {shape} of {spec['dtype']} needs {count * np.dtype(dtype).itemsize} bytes, got {end - begin}")
-    return np.frombuffer(data[begin:end], dtype=dtype).reshape(shape)
+        dtype, shape, offsets = _ST_DTYPES[spec["dtype"]], spec["shape"], spec["data_offsets"]
+    except (KeyError, TypeError):
+        raise MalformedBody(f"binary tensor {name!r}: needs dtype (one of {sorted(_ST_DTYPES)}), shape and data_offsets") from None
+    if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(type(s) is int and s >= 0 for s in shape)):
+        raise MalformedBody(f"binary tensor {name!r}: shape must be a list of at most {MAX_DIMS} non-negative integers, got {shape!r}"[:300])
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+        raise MalformedBody(f"binary tensor {name!r}: data_offsets must be two integers [begin, end], got {offsets!r}"[:300])
+    begin, end = offsets
+    if not 0 <= begin <= end <= size:
+        raise MalformedBody(f"binary tensor {name!r}: data_offsets {[begin, end]} lie outside the {size}-byte data")
+    needed = math.prod(shape) * np.dtype(dtype).itemsize
+    if end - begin != needed:
+        raise MalformedBody(f"binary tensor {name!r}: shape {shape} of {spec['dtype']} needs {needed} bytes, got {end - begin}")
+    return dtype, shape, begin, end
 
 
 def write_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
@@ -305,7 +370,7 @@ def write_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] | Non
     return struct.pack("<Q", len(head)) + head + b"".join(chunks)
 
 
-def tensor(tensors: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], what: str) -> np.ndarray:
+def tensor(tensors: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], what: str, ndim: int | None = None) -> np.ndarray:
     """The tensor ``name`` of a binary body, whose dtype is one of ``dtypes`` ("float32", "int64").
 
     Exact dtypes, not kinds: a float64 or float16 tensor where float32 is expected is refused rather than
@@ -315,4 +380,6 @@ def tensor(tensors: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], w
     array = tensors[name]
     if array.dtype.name not in dtypes:
         raise InvalidInput(f"binary tensor {name!r} has dtype {array.dtype.name}; expected {what}")
+    if ndim is not None and array.ndim != ndim:
+        raise InvalidInput(f"binary tensor {name!r} has shape {list(array.shape)}; expected {what}")
     return array

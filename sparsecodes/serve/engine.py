@@ -17,8 +17,8 @@ import numpy as np
 
 from sparsecodes.codes import SparseCodes
 from sparsecodes.serve.batcher import Batcher
-from sparsecodes.serve.cache import CodeCache, LRUCache, RedisCache, pack_rows, unpack_rows
-from sparsecodes.serve.errors import UnknownModel
+from sparsecodes.serve.cache import CodeCache, LRUCache, RedisCache, drop_invalid, pack_rows, unpack_rows
+from sparsecodes.serve.errors import UnknownModel, UnprocessableOutput
 from sparsecodes.serve.metrics import ACTIVE_DIMS, MODEL_INFO, RECONSTRUCTION_ERROR, observe_many
 from sparsecodes.serve.playground import RecentL0
 from sparsecodes.serve.runtime import ModelRuntime
@@ -79,16 +79,26 @@ class Engine:
             served = ", ".join(sorted(self.models)) or "none"
             raise UnknownModel(f"no model named {name!r} is loaded; served models: {served}") from None
 
-    async def _infer(self, m: ModelRuntime, x: np.ndarray) -> SparseCodes:
+    async def _infer(self, m: ModelRuntime, x: np.ndarray, rows: list[int] | None = None) -> SparseCodes:
+        """Codes of ``x`` (the request's ``rows``, when only some are computed), refused if not finite."""
         batcher = self.batchers.get(m.name)
         if batcher is not None:
-            return await batcher.submit(x)
-        return await asyncio.get_running_loop().run_in_executor(self.executor, m.encode, x)
+            codes = await batcher.submit(x)
+        else:
+            codes = await asyncio.get_running_loop().run_in_executor(self.executor, m.encode, x)
+        if not np.isfinite(codes.values).all():
+            row = int(codes.coo_rows()[np.argmax(~np.isfinite(codes.values))])
+            raise UnprocessableOutput(
+                f"inputs row {rows[row] if rows else row} gives a code that is not finite: its values overflow "
+                "float32 inside the model (finite inputs near ±3e38 do); send rows on the scale of the training data"
+            )
+        return codes
 
     @staticmethod
     def _keys(m: ModelRuntime, x: np.ndarray, max_active: int | None) -> list[bytes]:
-        # Key = bundle version + the options that change the code + a hash of the row's float32 bytes.
-        prefix = f"{m.manifest.version}:{max_active or 0}:".encode()
+        # Key = the bundle's content (hashes of its graphs, not its self-declared version) + the options that
+        # change the code + a hash of the row's float32 bytes.
+        prefix = m.cache_namespace + f":{max_active or 0}:".encode()
         return [prefix + hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in x]
 
     async def encode(self, m: ModelRuntime, x: np.ndarray, max_active: int | None = None) -> SparseCodes:
@@ -109,12 +119,15 @@ class Engine:
     async def _encode_cached(self, m: ModelRuntime, x: np.ndarray, max_active: int | None) -> SparseCodes:
         assert self.cache is not None
         keys = self._keys(m, x, max_active)
-        blobs = await self.cache.get_many(keys)
+        # Whatever is in the cache is checked before use (Redis is shared: anyone who can write it could
+        # plant a value); a bad entry is recomputed like a miss, and counted.
+        blobs = await self.cache.get_many(keys, lambda found: drop_invalid(found, m.d_served, max_active))
         missing = [i for i, blob in enumerate(blobs) if blob is None]
         if not missing:
             return unpack_rows(blobs)  # type: ignore[arg-type]
         # Inference runs only for the rows the cache did not have.
-        fresh = (await self._infer(m, x if len(missing) == len(x) else x[missing])).cap(max_active)
+        some = len(missing) < len(x)
+        fresh = (await self._infer(m, x[missing] if some else x, missing if some else None)).cap(max_active)
         packed = pack_rows(fresh)
         await self.cache.set_many([(keys[i], blob) for i, blob in zip(missing, packed, strict=True)])
         if len(missing) == len(x):
@@ -124,12 +137,29 @@ class Engine:
         return unpack_rows(blobs)  # type: ignore[arg-type]
 
     async def decode(self, m: ModelRuntime, codes: SparseCodes) -> np.ndarray:
-        """Codes → ``x_hat [n, d_in]`` raw units, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, m.decode, codes)
+        """Codes → ``x_hat [n, d_in]`` raw units, off the event loop; refused if not finite."""
+        x_hat = await asyncio.get_running_loop().run_in_executor(self.executor, m.decode, codes)
+        finite = np.isfinite(x_hat)
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0, 0])
+            raise UnprocessableOutput(
+                f"the reconstruction of row {row} is not finite: it overflows float32 inside the model (code values "
+                "near ±3e38 do); send codes on the scale the model's encoder produces"
+            )
+        return x_hat
 
     def observe_error(self, m: ModelRuntime, x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
-        """Per-row reconstruction error ``[n]`` (normalised units), recorded in the histogram."""
+        """Per-row reconstruction error ``[n]`` (normalised units), recorded in the histogram; refused when a
+        row's error does not fit a float32 (the binary response's type)."""
         error = m.row_error(x, x_hat)
+        with np.errstate(over="ignore"):
+            fits = np.isfinite(error.astype(np.float32))
+        if not fits.all():
+            row = int(np.argmax(~fits))
+            raise UnprocessableOutput(
+                f"the reconstruction error of row {row} ({error[row]:.3g}) overflows float32; send rows on the scale "
+                "of the training data"
+            )
         observe_many(RECONSTRUCTION_ERROR.labels(model=m.name), error)
         return error
 

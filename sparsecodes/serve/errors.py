@@ -62,6 +62,39 @@ class NotReady(ServiceError):
     type = "not_ready"
 
 
+class RequestTimeout(ServiceError):
+    """The request head or body did not arrive in time (``SPARSECODES_HEADER_TIMEOUT_S`` / ``_BODY_TIMEOUT_S``)."""
+
+    type = "request_timeout"
+
+
+class HeaderTooLarge(ServiceError):
+    """A request head over ``SPARSECODES_MAX_HEADER_BYTES`` or with more than ``SPARSECODES_MAX_HEADERS`` fields."""
+
+    type = "request_header_too_large"
+
+
+class ServerBusy(ServiceError):
+    """Over ``SPARSECODES_MAX_CONNECTIONS``: refused at once, before a request is read."""
+
+    type = "server_busy"
+
+
+class ClientClosedRequest(ServiceError):
+    """The client went away before its request body arrived: nobody to answer, nothing to alert on.
+
+    Recorded as 499 (nginx's "client closed request") in the request metrics and log, never as a 5xx."""
+
+    type = "client_closed_request"
+
+
+class UnprocessableOutput(ServiceError):
+    """Finite inputs whose result overflows float32 inside the model (e.g. rows of ±3e38): the caller's rows
+    are outside the model's numeric range, so a 422, and nothing is cached or counted."""
+
+    type = "output_not_finite"
+
+
 class InferenceFailed(ServiceError):
     """ONNX Runtime raised while running a graph: the service's fault, not the caller's."""
 
@@ -78,12 +111,17 @@ STATUS: dict[type[ServiceError], int] = {
     UnknownModel: 404,
     RouteNotFound: 404,
     MethodNotAllowed: 405,
+    RequestTimeout: 408,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     InvalidInput: 422,
+    UnprocessableOutput: 422,
+    HeaderTooLarge: 431,
+    ClientClosedRequest: 499,
     InferenceFailed: 500,
     InternalError: 500,
     NotReady: 503,
+    ServerBusy: 503,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -12,20 +13,36 @@ import orjson
 FIELDS = ("request_id", "method", "path", "route", "status", "duration_ms", "model", "client", "rows")
 
 
+_TOKEN = r"(?!\[redacted\])[^\s'\",;)\]}]+"
+_BEARER = re.compile(rf"\b(bearer\s+){_TOKEN}", re.IGNORECASE)
+_AUTHORIZATION = re.compile(  # atomic groups: a quote or a scheme once matched is not given back as the "token"
+    rf"(authorization['\"]?\s*[:=,](?>\s*(?:b?['\"])?)(?>(?:(?:bearer|basic)\s+)?)){_TOKEN}", re.IGNORECASE
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with any ``Authorization`` value or bearer token replaced by ``[redacted]``: no log line may
+    carry a key, whoever logs it (uvicorn's WebSocket layer once logged every header at debug level)."""
+    lower = text.lower()
+    if "bearer" not in lower and "authorization" not in lower:
+        return text
+    return _AUTHORIZATION.sub(r"\1[redacted]", _BEARER.sub(r"\1[redacted]", text))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         for name in FIELDS:
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -34,7 +51,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = redact(super().format(record))
         rid = getattr(record, "request_id", None)
         return f"{text} [request_id={rid}]" if rid else text
 
@@ -43,7 +60,7 @@ def configure_logging(fmt: str, level: str) -> None:
     """Route the service's and uvicorn's loggers through one handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    for name in ("sparsecodes", "uvicorn", "uvicorn.error"):
+    for name in ("sparsecodes", "uvicorn", "uvicorn.error", "websockets"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())

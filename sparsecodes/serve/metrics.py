@@ -44,8 +44,23 @@ RECONSTRUCTION_ERROR = Histogram(
 )
 CACHE_REQUESTS = Counter(
     "sparsecodes_cache_requests",
-    "Per-row code cache look-ups: hit, miss, or error (cache unreachable or slow; answered from the model).",
+    "Per-row code cache look-ups: hit, miss, error (cache unreachable or slow; answered from the model), or "
+    "invalid (an entry that fails validation: recomputed like a miss).",
     ["result"],
+)
+CONNECTIONS_OPEN = Gauge("sparsecodes_connections_open", "HTTP connections accepted and open now.")
+HTTP_REFUSALS = Counter(
+    "sparsecodes_http_refusals",
+    "Connections or requests the HTTP server refused before the app saw them: connection_limit (503), "
+    "header_too_large (431), header_timeout (408), body_timeout (408), idle (a new connection that sent nothing "
+    "in time: closed), bad_request (unparsable HTTP: 400).",
+    ["reason"],
+)
+BODY_PARSES = Counter(
+    "sparsecodes_body_parses",
+    "Request bodies parsed, by where: inline (on the event loop: small bodies), worker (a JSON body of 1 MiB or "
+    "more, in a parse worker process), thread (a large binary body).",
+    ["where"],
 )
 REQUESTS_IN_FLIGHT = Gauge("sparsecodes_requests_in_flight", "HTTP requests being handled now.")
 MODEL_INFO = Gauge(
@@ -62,6 +77,10 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     same counts through the histogram's own bucket counters (falls back to the loop if they change).
     """
     values = np.asarray(values, dtype=np.float64).ravel()
+    # A non-finite value would turn the histogram's _sum into +Inf or NaN until restart; callers refuse such
+    # results before they get here, so this only guards the metric itself.
+    if not np.isfinite(values).all():
+        values = values[np.isfinite(values)]
     if values.size <= 4:  # a handful: the plain path is cheaper than the vectorised one
         for v in values.tolist():
             histogram.observe(v)

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from sparsecodes.serve import codec
-from sparsecodes.serve.errors import InvalidInput, UnknownModel, UnsupportedMediaType
+from sparsecodes.serve import parse
+from sparsecodes.serve.errors import UnknownModel
 from sparsecodes.serve.runtime import ModelRuntime, refused_models
 from sparsecodes.serve.schemas import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 from sparsecodes.serve.web import (
@@ -22,13 +22,12 @@ from sparsecodes.serve.web import (
     body_doc,
     engine_of,
     json_response,
-    read_payload,
+    offload_of,
+    request_body,
     settings_of,
 )
 
 SERVER_NAME = "sparsecodes"
-CODE_OUTPUTS = ("indptr", "indices", "values")
-ALL_OUTPUTS = (*CODE_OUTPUTS, "x_hat")
 
 health = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], responses=ERROR_RESPONSES)
@@ -101,52 +100,11 @@ async def model_version_ready(name: str, version: str, request: Request) -> Resp
     return json_response({"name": m.name, "ready": True})
 
 
-def _input_x(body: dict[str, Any], d_in: int, max_rows: int) -> np.ndarray:
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput("inputs must be a list holding one tensor named 'x' (FP32, shape [n, d_in])")
-    t = inputs[0]
-    if t.get("name") != "x":
-        raise InvalidInput(f"unknown input {t.get('name')!r}; this model takes one input named 'x'")
-    if t.get("datatype") != "FP32":  # FP16/FP64 too: the graph takes float32, and silent casts hide client bugs
-        raise InvalidInput(f"input x has datatype {t.get('datatype')!r}; expected FP32")
-    shape = t.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(s, int) and s >= 0 for s in shape)):
-        raise InvalidInput(f"input x has shape {shape!r}; expected [n, {d_in}]")
-    if "data" not in t:
-        raise InvalidInput("input x has no 'data' (the binary tensor extension is not supported; send JSON data)")
-    data = codec.numbers(t["data"], "x.data") if t["data"] else np.zeros(0)
-    if data.size != shape[0] * shape[1]:
-        raise InvalidInput(f"input x has {data.size} values but its shape {shape} needs {shape[0] * shape[1]}")
-    return codec.check_matrix(data.reshape(shape), d_in, "x", max_rows)
-
-
-def _requested(body: dict[str, Any]) -> list[str]:
-    outputs = body.get("outputs")
-    if outputs is None:
-        return list(CODE_OUTPUTS)
-    names = [o.get("name") if isinstance(o, dict) else None for o in outputs] if isinstance(outputs, list) else [None]
-    unknown = [n for n in names if n not in ALL_OUTPUTS]
-    if unknown:
-        raise InvalidInput(f"unknown output(s) {unknown}; this model has outputs {list(ALL_OUTPUTS)}")
-    return names  # type: ignore[return-value]
-
-
-def _max_active(body: dict[str, Any]) -> int | None:
-    params = body.get("parameters") or {}
-    value = params.get("max_active") if isinstance(params, dict) else None
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidInput(f"parameter max_active must be a positive integer, got {value!r}")
-    return value
-
-
 @router.post(
     "/models/{name}/infer",
     response_model=InferResponse,
     summary="Inference (KServe v2 JSON)",
-    openapi_extra=body_doc(InferRequest, None, "not supported: send JSON tensors"),
+    openapi_extra=body_doc(InferRequest, None, None),
 )
 async def infer(name: str, request: Request) -> Response:
     return await _infer(request, engine_of(request).model(name))
@@ -156,7 +114,7 @@ async def infer(name: str, request: Request) -> Response:
     "/models/{name}/versions/{version}/infer",
     response_model=InferResponse,
     summary="Inference (one version)",
-    openapi_extra=body_doc(InferRequest, None, "not supported: send JSON tensors"),
+    openapi_extra=body_doc(InferRequest, None, None),
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
     return await _infer(request, _versioned(engine_of(request).model(name), version))
@@ -164,26 +122,24 @@ async def infer_version(name: str, version: str, request: Request) -> Response:
 
 async def _infer(request: Request, m: ModelRuntime) -> Response:
     engine, settings = engine_of(request), settings_of(request)
-    payload = await read_payload(request, settings)
-    if payload.binary:
-        raise UnsupportedMediaType("the v2 endpoint takes JSON tensors; use /v1 for the binary encoding")
-    body = payload.json
-    x = _input_x(body, m.d_in, settings.max_rows)
-    wanted, max_active = _requested(body), _max_active(body)
-    codes = await engine.encode(m, x, max_active)
+    body = await request_body(request, settings, m.d_in, binary_ok=False)
+    req = await offload_of(request).run(parse.infer_request, body, m.d_in, settings.max_rows)
+    x = req.x
+    codes = await engine.encode(m, x, req.max_active)
     arrays: dict[str, tuple[str, np.ndarray]] = {
         "indptr": ("INT64", codes.indptr),
         "indices": ("INT64", codes.indices),
         "values": ("FP32", codes.values),
     }
-    if "x_hat" in wanted:
+    if "x_hat" in req.outputs:
         x_hat = await engine.decode(m, codes)
         engine.observe_error(m, x, x_hat)
         arrays["x_hat"] = ("FP32", x_hat)
     outputs = [
-        {"name": n, "datatype": arrays[n][0], "shape": list(arrays[n][1].shape), "data": arrays[n][1].ravel()} for n in wanted
+        {"name": n, "datatype": arrays[n][0], "shape": list(arrays[n][1].shape), "data": arrays[n][1].ravel()}
+        for n in req.outputs
     ]
     response: dict[str, Any] = {"model_name": m.name, "model_version": m.manifest.version, "outputs": outputs}
-    if isinstance(body.get("id"), str):
-        response["id"] = body["id"]
+    if req.id is not None:
+        response["id"] = req.id
     return json_response(response)

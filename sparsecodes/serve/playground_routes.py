@@ -14,7 +14,6 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from sparsecodes.bundle import PLOT_NAME_PATTERN, plot_names, plot_role
 from sparsecodes.serve.errors import RouteNotFound
 from sparsecodes.serve.schemas import ExampleList, ModelStats
 from sparsecodes.serve.web import ERROR_RESPONSES, engine_of, json_response
@@ -49,16 +48,13 @@ async def examples(name: str, request: Request) -> Response:
 )
 async def plot(name: str, plot: str, request: Request) -> Response:
     m = engine_of(request).model(name)
-    names = plot_names(m.manifest)
-    # Only a name the manifest lists is served: the file path comes from the (hash-verified) manifest,
-    # never from the URL.
-    entry = m.manifest.files.get(plot_role(plot)) if PLOT_NAME_PATTERN.match(plot) else None
-    if entry is None:
-        listed = ", ".join(names) or "none"
-        raise RouteNotFound(f"model {m.name!r} has no plot {plot!r}; its plots: {listed}")
-    return FileResponse(
-        m.path / entry.path, media_type="image/png", headers={"cache-control": "max-age=3600"}
-    )
+    # Only a plot the manifest lists is served, from the bytes checked against it at load: a URL never
+    # becomes a path, and the file is not opened again.
+    png = m.plots.get(plot)
+    if png is None:
+        listed = ", ".join(sorted(m.plots)) or "none"
+        raise RouteNotFound(f"model {m.name!r} has no plot {plot!r}"[:200] + f"; its plots: {listed}")
+    return Response(png, media_type="image/png", headers={"cache-control": "max-age=3600"})
 
 
 @router.get(

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request, Response
 
 from sparsecodes import bundle
 from sparsecodes.codes import SparseCodes
-from sparsecodes.serve import codec
-from sparsecodes.serve.errors import InvalidInput
+from sparsecodes.serve import codec, parse
+from sparsecodes.serve.parse import Body
 from sparsecodes.serve.runtime import ModelRuntime
 from sparsecodes.serve.schemas import (
     DecodeOptions,
@@ -27,13 +27,12 @@ from sparsecodes.serve.schemas import (
 )
 from sparsecodes.serve.web import (
     ERROR_RESPONSES,
-    Payload,
     binary_response,
     body_doc,
     engine_of,
     json_response,
-    options,
-    read_payload,
+    offload_of,
+    request_body,
     settings_of,
     use_base64,
     wants_binary,
@@ -66,19 +65,14 @@ async def get_model(name: str, request: Request) -> Response:
     return json_response(model_info(engine_of(request).model(name)))
 
 
-def _inputs(payload: Payload, m: ModelRuntime, max_rows: int) -> tuple[np.ndarray, bool]:
-    """The request's rows ``[n, d_in]`` float32 and whether they arrived base64-encoded."""
-    if payload.binary:
-        x = codec.tensor(payload.tensors, "inputs", ("float32",), "float32 [n, d_in]")
-        return codec.check_matrix(x, m.d_in, "inputs", max_rows), False
-    if "inputs" not in payload.json:
-        raise InvalidInput("the body lacks 'inputs': a list of rows of d_in numbers (or a base64 string)")
-    value = payload.json.pop("inputs")
-    return codec.float_matrix(value, m.d_in, "inputs", max_rows), isinstance(value, str)
-
-
 def _code_tensors(codes: SparseCodes) -> dict[str, np.ndarray]:
     return {"indptr": codes.indptr, "indices": codes.indices, "values": codes.values, "l0": codes.l0}
+
+
+async def _rows(request: Request, m: ModelRuntime, options_model: type) -> tuple[Body, parse.RowsRequest]:
+    settings = settings_of(request)
+    body = await request_body(request, settings, m.d_in)
+    return body, await offload_of(request).run(parse.rows_request, body, m.d_in, settings.max_rows, options_model)
 
 
 @router.post(
@@ -88,32 +82,31 @@ def _code_tensors(codes: SparseCodes) -> dict[str, np.ndarray]:
     openapi_extra=body_doc(EncodeRequest, EncodeOptions, _BINARY_INPUTS),
 )
 async def encode(name: str, request: Request) -> Response:
-    engine, settings = engine_of(request), settings_of(request)
+    engine = engine_of(request)
     m = engine.model(name)
-    payload = await read_payload(request, settings)
-    x, used_b64 = _inputs(payload, m, settings.max_rows)
-    opts = options(EncodeOptions, request, payload.json)
+    body, req = await _rows(request, m, EncodeOptions)
+    x, opts = req.x, req.options
     codes = await engine.encode(m, x, opts.max_active)
     x_hat = error = None
     if opts.return_reconstruction:
         x_hat = await engine.decode(m, codes)
         error = engine.observe_error(m, x, x_hat)
-    if wants_binary(request, payload):
+    if wants_binary(request, body):
         tensors = _code_tensors(codes)
         if x_hat is not None:
             tensors |= {"reconstructions": x_hat, "reconstruction_error": error.astype(np.float32)}
         return binary_response(tensors, {"model": m.name, "version": m.manifest.version})
-    b64 = use_base64(opts.encoding_format, used_b64)
-    body: dict[str, Any] = {
+    b64 = use_base64(opts.encoding_format, req.base64)
+    out: dict[str, Any] = {
         "model": m.name,
         "version": m.manifest.version,
         "codes": codec.codes_to_json(codes, opts.layout, b64),
         "l0": codes.l0,
     }
     if x_hat is not None:
-        body["reconstructions"] = codec.matrix_to_json(x_hat, b64)
-        body["reconstruction_error"] = error
-    return json_response(body)
+        out["reconstructions"] = codec.matrix_to_json(x_hat, b64)
+        out["reconstruction_error"] = error
+    return json_response(out)
 
 
 @router.post(
@@ -125,33 +118,14 @@ async def encode(name: str, request: Request) -> Response:
 async def decode(name: str, request: Request) -> Response:
     engine, settings = engine_of(request), settings_of(request)
     m = engine.model(name)
-    payload = await read_payload(request, settings)
-    if payload.binary:
-        t = payload.tensors
-        raw = SparseCodes(
-            codec.tensor(t, "indptr", ("int64",), "int64 [n + 1]"),
-            codec.tensor(t, "indices", ("int32", "int64"), "int32 or int64 [nnz]").astype(np.int64, copy=False),
-            codec.tensor(t, "values", ("float32",), "float32 [nnz]"),
-        )
-        used_b64 = False
-    else:
-        if "codes" not in payload.json:
-            raise InvalidInput("the body lacks 'codes': a list of {indices, values} rows or a CSR {indptr, indices, values}")
-        value = payload.json.pop("codes")
-        raw = codec.codes_from_json(value, settings.max_rows)
-        used_b64 = _has_base64(value)
-    opts = options(DecodeOptions, request, payload.json)
-    codes = codec.check_codes(raw, m.d_served, settings.max_rows)
-    x_hat = await engine.decode(m, codes)
-    if wants_binary(request, payload):
+    # A row's code carries up to d_served indices and as many values (CSR adds one indptr entry per row).
+    body = await request_body(request, settings, 2 * m.d_served + 1)
+    req = await offload_of(request).run(parse.codes_request, body, m.d_served, settings.max_rows)
+    x_hat = await engine.decode(m, req.codes)
+    if wants_binary(request, body):
         return binary_response({"reconstructions": x_hat}, {"model": m.name, "version": m.manifest.version})
-    b64 = use_base64(opts.encoding_format, used_b64)
+    b64 = use_base64(req.options.encoding_format, req.base64)
     return json_response({"model": m.name, "version": m.manifest.version, "reconstructions": codec.matrix_to_json(x_hat, b64)})
-
-
-def _has_base64(codes: Any) -> bool:
-    first = codes if isinstance(codes, dict) else (codes[0] if codes and isinstance(codes[0], dict) else {})
-    return isinstance(first.get("values"), str)
 
 
 @router.post(
@@ -161,17 +135,16 @@ def _has_base64(codes: Any) -> bool:
     openapi_extra=body_doc(DenoiseRequest, DenoiseOptions, _BINARY_INPUTS),
 )
 async def denoise(name: str, request: Request) -> Response:
-    engine, settings = engine_of(request), settings_of(request)
+    engine = engine_of(request)
     m = engine.model(name)
-    payload = await read_payload(request, settings)
-    x, used_b64 = _inputs(payload, m, settings.max_rows)
-    opts = options(DenoiseOptions, request, payload.json)
+    body, req = await _rows(request, m, DenoiseOptions)
+    x, opts = req.x, req.options
     codes = await engine.encode(m, x, opts.max_active)
     x_hat = await engine.decode(m, codes)
     engine.observe_error(m, x, x_hat)
-    if wants_binary(request, payload):
+    if wants_binary(request, body):
         return binary_response({"outputs": x_hat} | _code_tensors(codes), {"model": m.name, "version": m.manifest.version})
-    b64 = use_base64(opts.encoding_format, used_b64)
+    b64 = use_base64(opts.encoding_format, req.base64)
     return json_response({
         "model": m.name,
         "version": m.manifest.version,

@@ -7,6 +7,7 @@ ones its sessions actually got (ONNX Runtime falls back to CPU when CUDA cannot 
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -73,6 +74,11 @@ class ModelRuntime:
     sparse_decoder: ort.InferenceSession | None = None
     providers: list[str] = field(default_factory=list)
     examples: np.ndarray | None = None
+    plots: dict[str, bytes] = field(default_factory=dict)
+    """The report's PNGs by name, read (and checked against the manifest) once at load: the files are never
+    opened again, so replacing one later (with a symlink to /etc/shadow, say) changes nothing served."""
+    cache_namespace: bytes = b""
+    """Prefix of this model's cache keys: the bundle's content digest (its graphs' hashes), not its version."""
 
     @property
     def name(self) -> str:
@@ -140,22 +146,22 @@ class ModelRuntime:
 
 
 def load_model(folder: Path, providers: list[str], *, warm_up: bool = True) -> ModelRuntime:
-    """Verify a bundle (hashes, signatures) and open its sessions. Raises ``BundleError``."""
-    manifest = bundle.load_manifest(folder)
+    """Verify a bundle and open its sessions. Raises ``BundleError``.
+
+    Every listed file is read once and checked against the manifest's size and sha256 before it is used (the
+    graphs reach ONNX Runtime as those bytes), and the manifest's version must be its graphs' content hash."""
+    manifest = bundle.read_manifest(folder)
     files = manifest.files
     roles = ["encoder", "decoder", *(["decoder_sparse"] if "decoder_sparse" in files else [])]
     sessions = bundle.open_sessions(folder, manifest, roles, providers)
-    encoder, decoder = sessions["encoder"], sessions["decoder"]
-    examples = None
-    if bundle.EXAMPLES_ROLE in files:
-        try:
-            examples = np.load(folder / files[bundle.EXAMPLES_ROLE].path, allow_pickle=False).astype(np.float32)
-        except ValueError as e:
-            raise BundleError(folder / files[bundle.EXAMPLES_ROLE].path, f"not a float array: {e}") from None
-        if examples.ndim != 2 or examples.shape[1] != manifest.d_in:
-            raise BundleError(folder / files[bundle.EXAMPLES_ROLE].path, f"shape {list(examples.shape)}, expected [n, d_in={manifest.d_in}]")
+    # Every other listed file is checked too (fp16 graphs, external data: whatever the bundle claims).
+    rest = [r for r in files if r not in roles and r != bundle.EXAMPLES_ROLE and not r.startswith(bundle.PLOT_ROLE_PREFIX)]
+    bundle.verify_files(folder, manifest, rest)
+    bundle.check_version(folder, manifest)  # after the files, so a damaged file is what the error names
+    encoder = sessions["encoder"]
     runtime = ModelRuntime(
-        manifest, folder, encoder, decoder, sessions.get("decoder_sparse"), encoder.get_providers(), examples
+        manifest, folder, encoder, sessions["decoder"], sessions.get("decoder_sparse"), encoder.get_providers(),
+        _examples(folder, manifest), _plots(folder, manifest), bundle.content_digest(files)[:32].encode(),
     )
     if warm_up:
         try:
@@ -163,6 +169,24 @@ def load_model(folder: Path, providers: list[str], *, warm_up: bool = True) -> M
         except InferenceFailed as e:
             raise BundleError(folder, f"warm-up failed: {e.__cause__ or e}") from None
     return runtime
+
+
+def _examples(folder: Path, manifest: Manifest) -> np.ndarray | None:
+    if bundle.EXAMPLES_ROLE not in manifest.files:
+        return None
+    path = folder / manifest.files[bundle.EXAMPLES_ROLE].path
+    data = bundle.read_file(folder, manifest, bundle.EXAMPLES_ROLE)
+    try:
+        examples = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+    except ValueError as e:
+        raise BundleError(path, f"not a float array: {e}") from None
+    if examples.ndim != 2 or examples.shape[1] != manifest.d_in:
+        raise BundleError(path, f"shape {list(examples.shape)}, expected [n, d_in={manifest.d_in}]")
+    return examples
+
+
+def _plots(folder: Path, manifest: Manifest) -> dict[str, bytes]:
+    return {name: bundle.read_file(folder, manifest, bundle.plot_role(name)) for name in bundle.plot_names(manifest)}
 
 
 def bundle_folders(model_dir: Path) -> list[Path]:
@@ -191,7 +215,7 @@ def load_models(model_dir: Path, providers: list[str]) -> tuple[dict[str, ModelR
             log.error("skipping bundle %s: %s", folder, e)
             continue
         if runtime.name in models:
-            problems[str(folder)] = f"model name {runtime.name!r} is already served from {models[runtime.name].path}"
+            problems[str(folder)] = f"model name {runtime.name!r} is already served from the bundle folder {models[runtime.name].path.name!r}"
             log.error("skipping bundle %s: %s", folder, problems[str(folder)])
             continue
         models[runtime.name] = runtime
@@ -207,7 +231,8 @@ def refused_models(problems: dict[str, str]) -> dict[str, str]:
     """Model name → why its bundle was refused, for the folders ``load_models`` skipped (its ``problems``).
 
     The name is the manifest's when the manifest can still be read (no hashing), else the folder's name;
-    so a client asking ``/v2/models/{name}/ready`` for a refused model learns that it is not ready and why.
+    so a client asking ``/v2/models/{name}/ready`` for a refused model learns that it is not ready and why,
+    with file names relative to the bundle (the server's own paths are not the client's business).
     """
     refused = {}
     for folder, problem in problems.items():
@@ -215,5 +240,11 @@ def refused_models(problems: dict[str, str]) -> dict[str, str]:
             name = bundle.read_manifest(folder).name
         except BundleError:
             name = Path(folder).name
-        refused.setdefault(name, problem)
+        refused.setdefault(name, _without_paths(problem, Path(folder)))
     return refused
+
+
+def _without_paths(text: str, folder: Path) -> str:
+    for root in sorted({str(folder.resolve()), str(folder.absolute()), str(folder)}, key=len, reverse=True):
+        text = text.replace(root + "/", "").replace(root, ".")
+    return text

@@ -6,12 +6,31 @@ the models still describe them, so the OpenAPI schema shows every field, its enc
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-FloatMatrix = list[list[float]] | str
+_B64 = "[A-Za-z0-9+/]"
+BASE64_4 = rf"^(?:{_B64}{{16}})*(?:{_B64}{{16}}|{_B64}{{6}}==|{_B64}{{11}}=)$"
+"""Non-empty base64 (standard alphabet, padded) of a whole number of 4-byte values (float32, int32)."""
+BASE64_8 = rf"^(?:{_B64}{{32}})*(?:{_B64}{{32}}|{_B64}{{11}}=|{_B64}{{22}}==)$"
+"""The same for 8-byte values (int64)."""
+Base64 = Annotated[str, Field(pattern=BASE64_4)]
+Base64Int64 = Annotated[str, Field(pattern=BASE64_8)]
+Row = Annotated[list[float], Field(min_length=1)]
+FloatMatrix = Annotated[list[Row], Field(min_length=1)] | Base64
+"""A request's rows: at least one row of at least one number (the server then requires d_in of them)."""
 _MATRIX_DOC = "Rows of d_in numbers, or one base64 string of n·d_in little-endian float32 (row-major)."
+
+
+def _not_bool(value: Any) -> Any:
+    # JSON true is not the integer 1 (pydantic's lax mode would make it one); /v2 refuses it too.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+MaxActive = Annotated[int | None, BeforeValidator(_not_bool)]
 
 
 class _Options(BaseModel):
@@ -22,7 +41,7 @@ class EncodeOptions(_Options):
     """Options of ``encode`` (JSON body fields, or query parameters with a binary body)."""
 
     return_reconstruction: bool = Field(False, description="Also return x_hat and each row's reconstruction_error.")
-    max_active: int | None = Field(
+    max_active: MaxActive = Field(
         None, ge=1, description="Keep at most this many largest-magnitude entries per row (caps L0): the caller's rate–quality knob."
     )
     layout: Literal["rows", "csr"] = Field(
@@ -36,7 +55,7 @@ class EncodeOptions(_Options):
 
 
 class DenoiseOptions(_Options):
-    max_active: int | None = Field(None, ge=1, description="Cap on active latents per row before decoding.")
+    max_active: MaxActive = Field(None, ge=1, description="Cap on active latents per row before decoding.")
     layout: Literal["rows", "csr"] = "rows"
     encoding_format: Literal["float", "base64"] | None = None
 
@@ -46,17 +65,19 @@ class DecodeOptions(_Options):
 
 
 class CodeRow(BaseModel):
-    indices: list[int] | str = Field(description="Active served latents, ascending (or base64 int32).")
-    values: list[float] | str = Field(description="Their values (or base64 float32).")
+    indices: list[Annotated[int, Field(ge=0)]] | Base64 = Field(description="Active served latents, distinct, < d_served (or base64 int32).")
+    values: list[float] | Base64 = Field(description="Their values, as many as indices (or base64 float32).")
 
 
 class CsrCodes(BaseModel):
-    indptr: list[int] | str = Field(description="[n + 1] row offsets into indices/values (or base64 int64).")
-    indices: list[int] | str
-    values: list[float] | str
+    indptr: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)] | Base64Int64 = Field(
+        description="[n + 1] row offsets into indices/values, from 0, never decreasing (or base64 int64)."
+    )
+    indices: list[Annotated[int, Field(ge=0)]] | Base64
+    values: list[float] | Base64
 
 
-Codes = list[CodeRow] | CsrCodes
+Codes = Annotated[list[CodeRow], Field(min_length=1)] | CsrCodes
 
 
 class EncodeRequest(EncodeOptions):
@@ -183,15 +204,34 @@ class InferTensor(BaseModel):
     data: list[Any] = Field(description="Tensor contents, flat (row-major) or nested.")
 
 
-class RequestedOutput(BaseModel):
-    name: str
+class InferInputTensor(BaseModel):
+    """The one input a model takes: ``x``, FP32, ``[n, d_in]`` with n ≥ 1."""
+
+    name: Literal["x"]
+    shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)] = Field(
+        description="[n, d_in]: at least one row of the model's d_in values."
+    )
+    datatype: Literal["FP32"]
     parameters: dict[str, Any] | None = None
+    data: Annotated[list[float] | list[Row], Field(min_length=1)] = Field(
+        description="n·d_in numbers, flat (row-major) or as n rows."
+    )
+
+
+class RequestedOutput(BaseModel):
+    name: Literal["indptr", "indices", "values", "x_hat"]
+    parameters: dict[str, Any] | None = None
+
+
+class InferParameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    max_active: MaxActive = Field(None, ge=1, description="Cap on active latents per row, as in /v1.")
 
 
 class InferRequest(BaseModel):
     id: str | None = None
-    parameters: dict[str, Any] | None = Field(None, description="Supported: max_active (int).")
-    inputs: list[InferTensor]
+    parameters: InferParameters | None = Field(None, description="Supported: max_active (int); others are ignored.")
+    inputs: Annotated[list[InferInputTensor], Field(min_length=1, max_length=1)]
     outputs: list[RequestedOutput] | None = Field(
         None, description="Outputs to return; default indptr, indices, values. Ask for x_hat to get reconstructions."
     )

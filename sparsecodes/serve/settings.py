@@ -18,7 +18,8 @@ ENV_PREFIX = "SPARSECODES_"
 class Settings(BaseSettings):
     """Every knob of ``sparsecodes serve``. Environment: ``SPARSECODES_<FIELD>`` (upper case)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=())
+    # hide_input_in_errors: a refused SPARSECODES_API_KEYS must not print the keys in its error.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", protected_namespaces=(), hide_input_in_errors=True)
 
     model_dir: Path = Path("models")
     """Folder of bundles (one per sub-folder), or a single bundle folder."""
@@ -52,14 +53,48 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     graceful_timeout_s: float = Field(20.0, ge=0)
-    """After SIGTERM, in-flight requests get this long to finish."""
+    """After SIGTERM, the longest the server drains: in-flight requests finish and requests arriving on
+    open keep-alive connections are still answered (with ``Connection: close``)."""
+
+    # -- the HTTP server's own limits (sparsecodes/serve/http/protocol.py), before any request reaches the app
+    max_connections: int = Field(1000, ge=1)
+    """Open connections per server process; one more is answered 503 at once and closed (keep it below the
+    process's file-descriptor limit, ``ulimit -n``)."""
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    """Size of a request's head (request line and headers); more is answered 431."""
+    max_headers: int = Field(100, ge=8)
+    """Header fields per request; more is answered 431."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """A request head (or a new connection's first request) must arrive within this long; else 408."""
+    body_timeout_s: float = Field(10.0, gt=0)
+    """Grace for a request body to arrive; past it the body must average ``body_min_bytes_per_s``, else 408."""
+    body_min_bytes_per_s: int = Field(64 * 1024, ge=1)
+    """Slowest average body rate accepted after ``body_timeout_s`` (64 KiB/s: a 64 MiB body may take 17 min)."""
+    keep_alive_s: float = Field(5.0, gt=0)
+    """An idle keep-alive connection is closed after this long (put it above any proxy's idle timeout in front)."""
+    parse_workers: int = Field(1, ge=0)
+    """Processes that parse JSON bodies over 1 MiB off the event loop (0: on the event loop). Spawned on first
+    use: a script that starts the server itself must do so under ``if __name__ == "__main__":``."""
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            keys = [k.strip() for k in value.split(",") if k.strip()]
+            if value.strip() and not keys:
+                # " , " would otherwise mean "no keys", i.e. authentication silently off.
+                raise ValueError(f"holds no key ({value!r}); unset it (or set it empty) to turn authentication off")
+            return keys
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _printable_keys(cls, keys: list[str]) -> list[str]:
+        for i, key in enumerate(keys, 1):
+            # HTTP header values are bytes (latin-1 at most); a key outside printable ASCII can never match.
+            if not key or not all("!" <= c <= "~" for c in key):
+                raise ValueError(f"key {i} of {len(keys)} holds a character outside printable ASCII (no spaces); it could never match")
+        return keys
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

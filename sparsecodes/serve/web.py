@@ -6,28 +6,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from fastapi import Request, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sparsecodes.serve import codec
 from sparsecodes.serve.engine import Engine
-from sparsecodes.serve.errors import (
-    InvalidInput,
-    MalformedBody,
-    NotReady,
-    PayloadTooLarge,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from sparsecodes.serve.errors import NotReady, Unauthorized, UnsupportedMediaType
+from sparsecodes.serve.http.body import BodyLimits, read_body
+from sparsecodes.serve.http.offload import Offload
+from sparsecodes.serve.parse import Body
 from sparsecodes.serve.schemas import ErrorResponse
 from sparsecodes.serve.settings import Settings
-
-OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 
 def engine_of(request: Request) -> Engine:
@@ -43,74 +36,39 @@ def settings_of(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed ``limit`` bytes: from
-    ``Content-Length`` before reading, else while counting the streamed chunks."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-@dataclass
-class Payload:
-    """A parsed body: a JSON object, or the named tensors of a binary body."""
-
-    binary: bool
-    json: dict[str, Any] = field(default_factory=dict)
-    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+def offload_of(request: Request) -> Offload:
+    return request.app.state.offload
 
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_payload(request: Request, settings: Settings) -> Payload:
+def _is_binary(request: Request, binary_ok: bool) -> bool:
     media = _media_type(request)
-    body = await read_body(request, settings.max_body_bytes)
-    if media == codec.BINARY_MEDIA_TYPE:
-        return Payload(binary=True, tensors=codec.read_tensors(body))
-    if media not in ("", codec.JSON_MEDIA_TYPE) and not media.endswith("+json"):
-        raise UnsupportedMediaType(
-            f"Content-Type {media!r} is not supported; send {codec.JSON_MEDIA_TYPE} or {codec.BINARY_MEDIA_TYPE}"
-        )
-    data = codec.loads(body)
-    if not isinstance(data, dict):
-        raise MalformedBody(f"the JSON body must be an object, got {type(data).__name__}")
-    return Payload(binary=False, json=data)
+    if media == codec.BINARY_MEDIA_TYPE and binary_ok:
+        return True
+    if media in ("", codec.JSON_MEDIA_TYPE) or media.endswith("+json"):
+        return False
+    accepted = f"{codec.JSON_MEDIA_TYPE} or {codec.BINARY_MEDIA_TYPE}" if binary_ok else codec.JSON_MEDIA_TYPE
+    raise UnsupportedMediaType(f"Content-Type {media!r} is not supported here; send {accepted}")
 
 
-def wants_binary(request: Request, payload: Payload) -> bool:
+async def request_body(request: Request, settings: Settings, values_per_row: int, binary_ok: bool = True) -> Body:
+    """The request's body, read within what ``max_rows`` rows of ``values_per_row`` values can need
+    (``http/body.py``), with its encoding and query options."""
+    binary = _is_binary(request, binary_ok)
+    limits = BodyLimits.for_rows(settings.max_body_bytes, settings.max_rows, values_per_row, binary)
+    data = await read_body(request, limits)
+    return Body(data, binary, dict(request.query_params) if request.scope["query_string"] else {})
+
+
+def wants_binary(request: Request, body: Body) -> bool:
     """Binary response when ``Accept`` asks for it, or the request was binary and JSON was not asked for."""
     accept = request.headers.get("accept", "")
     if codec.BINARY_MEDIA_TYPE in accept:
         return True
-    return payload.binary and codec.JSON_MEDIA_TYPE not in accept
-
-
-def options(model: type[OptionsT], request: Request, body: dict[str, Any]) -> OptionsT:
-    """Options from the query string overlaid by the JSON body's fields, validated by ``model``."""
-    merged: dict[str, Any] = dict(request.query_params)
-    merged.update(body)
-    try:
-        return model.model_validate(merged)
-    except ValidationError as e:
-        raise InvalidInput(describe(e)) from None
-
-
-def describe(error: ValidationError) -> str:
-    parts = []
-    for err in error.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{where}: {msg}")
-    return "; ".join(parts)
+    return body.binary and codec.JSON_MEDIA_TYPE not in accept
 
 
 def use_base64(encoding_format: str | None, request_used_base64: bool) -> bool:
@@ -172,8 +130,9 @@ DOC_MODELS: list[type[BaseModel]] = []
 """Models referenced by hand-written request bodies; ``app.py`` adds them to the OpenAPI components."""
 
 
-def body_doc(request_model: type[BaseModel], query_model: type[BaseModel] | None, binary: str) -> dict[str, Any]:
-    """``openapi_extra`` for an endpoint that reads its body itself: JSON schema + binary alternative."""
+def body_doc(request_model: type[BaseModel], query_model: type[BaseModel] | None, binary: str | None) -> dict[str, Any]:
+    """``openapi_extra`` for an endpoint that reads its body itself: JSON schema + the binary alternative
+    (when ``binary`` describes one), the request and the 200 response alike."""
     DOC_MODELS.append(request_model)
     params = []
     if query_model is not None:
@@ -184,16 +143,16 @@ def body_doc(request_model: type[BaseModel], query_model: type[BaseModel] | None
     json_content: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{request_model.__name__}"}}
     if examples:
         json_content["example"] = examples[0]
-    return {
-        "parameters": params,
-        "requestBody": {
-            "required": True,
-            "content": {
-                codec.JSON_MEDIA_TYPE: json_content,
-                codec.BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary", "description": binary}},
-            },
-        },
-    }
+    content: dict[str, Any] = {codec.JSON_MEDIA_TYPE: json_content}
+    doc: dict[str, Any] = {"parameters": params, "requestBody": {"required": True, "content": content}}
+    if binary is not None:
+        content[codec.BINARY_MEDIA_TYPE] = {"schema": {"type": "string", "format": "binary", "description": binary}}
+        doc["responses"] = {"200": {"content": {codec.BINARY_MEDIA_TYPE: {"schema": {
+            "type": "string", "format": "binary",
+            "description": "With a binary request (or Accept: application/octet-stream): the same fields as "
+            "tensors in the safetensors layout, model and version in its __metadata__.",
+        }}}}}
+    return doc
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -35,9 +35,10 @@ def load(folder: Path) -> B.Manifest:
 
 
 def rehash(folder: Path, role: str) -> None:
-    """Update the manifest's entry for ``role`` to the file as it now is (so only the graph is wrong)."""
+    """Update the manifest's entry for ``role`` (and its version) to the file as it now is (so only the graph is wrong)."""
     data = json.loads((folder / B.MANIFEST_FILE).read_text())
     data["files"][role] = B.file_entry(folder, data["files"][role]["path"]).model_dump()
+    data["version"] = B.content_version({r: B.FileEntry(**e) for r, e in data["files"].items()})
     (folder / B.MANIFEST_FILE).write_text(json.dumps(data))
 
 

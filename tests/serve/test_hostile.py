@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis import checks
 
 from bench.load import ServerProcess, start_server
 from sparsecodes.serve import codec
@@ -62,13 +61,10 @@ def test_openapi_fuzz(keyed: Server) -> None:
         @given(case=operation.as_strategy())
         @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
         def fuzz(case: schemathesis.Case) -> None:
-            # Schema-valid bodies are mostly rejected (a fuzzer cannot guess d_in=64 rows), so "positive data
-            # acceptance" does not apply; every other check does: no 5xx, documented status codes, content
-            # types and response bodies that match the schema.
-            case.call_and_validate(
-                base_url=keyed.url, headers={"Authorization": f"Bearer {FUZZ_KEY}"},
-                excluded_checks=[checks.positive_data_acceptance], timeout=30,
-            )
+            # Every check (schemathesis's `--checks all`): no 5xx, documented status codes, content types,
+            # headers and response bodies that match the schema, schema-valid data accepted and invalid data
+            # refused, Allow on 405, missing or wrong keys refused.
+            case.call_and_validate(base_url=keyed.url, headers={"Authorization": f"Bearer {FUZZ_KEY}"}, timeout=30)
 
         try:
             fuzz()

@@ -142,11 +142,11 @@ def _renamed_copy(src: Path, dst: Path, name: str) -> Path:
 
 
 def _refresh_entry(folder: Path, role: str) -> None:
-    """Make the manifest's hash and size match the file again (an honest-looking bundle with a bad graph)."""
+    """Make the manifest's hash, size and version match the file again (an honest-looking bundle with a bad graph)."""
     manifest = bundle.read_manifest(folder)
     files = dict(manifest.files)
     files[role] = bundle.file_entry(folder, files[role].path)
-    bundle.write_manifest(folder, manifest.model_copy(update={"files": files}))
+    bundle.write_manifest(folder, manifest.model_copy(update={"files": files, "version": bundle.content_version(files)}))
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def _rehash(folder: Path, role: str) -> None:
     manifest = bundle.read_manifest(folder)
     files = dict(manifest.files)
     files[role] = bundle.file_entry(folder, files[role].path)
-    bundle.write_manifest(folder, manifest.model_copy(update={"files": files}))
+    bundle.write_manifest(folder, manifest.model_copy(update={"files": files, "version": bundle.content_version(files)}))
 
 
 def test_a_pickled_examples_file_is_refused_without_running_it(model_dir: Path, tmp_path: Path) -> None:

@@ -37,6 +37,14 @@ SETTINGS: dict[str, str] = {
     "SPARSECODES_LOG_FORMAT": "json",
     "SPARSECODES_LOG_LEVEL": "info",
     "SPARSECODES_GRACEFUL_TIMEOUT_S": "20",
+    "SPARSECODES_MAX_CONNECTIONS": "1000",
+    "SPARSECODES_MAX_HEADER_BYTES": "32768",
+    "SPARSECODES_MAX_HEADERS": "100",
+    "SPARSECODES_HEADER_TIMEOUT_S": "10",
+    "SPARSECODES_BODY_TIMEOUT_S": "10",
+    "SPARSECODES_BODY_MIN_BYTES_PER_S": "65536",
+    "SPARSECODES_KEEP_ALIVE_S": "5",
+    "SPARSECODES_PARSE_WORKERS": "1",
 }
 SECRET_SETTINGS = {"SPARSECODES_REDIS_URL", "SPARSECODES_API_KEYS"}
 
@@ -49,6 +57,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sparsecodes_reconstruction_error": ("histogram", ("model",)),
     "sparsecodes_cache_requests_total": ("counter", ("result",)),
     "sparsecodes_requests_in_flight": ("gauge", ()),
+    "sparsecodes_connections_open": ("gauge", ()),
+    "sparsecodes_http_refusals_total": ("counter", ("reason",)),
+    "sparsecodes_body_parses_total": ("counter", ("where",)),
     "sparsecodes_model_info": ("gauge", ("model", "version", "kind", "provider")),
 }
 

@@ -19,6 +19,7 @@ import uvicorn
 
 from bench.loadgen import free_port
 from sparsecodes.serve.app import create_app
+from sparsecodes.serve.http.server import server_options
 from sparsecodes.serve.settings import Settings
 
 __all__ = ["REDIS_SERVER", "SERVED", "RedisProcess", "Server", "check_error", "free_port", "run_server"]
@@ -47,7 +48,7 @@ def run_server(**overrides: Any) -> Iterator[Server]:
     """uvicorn serving ``create_app(Settings(**overrides))`` on a free loopback port, in a thread."""
     settings = Settings(**{"log_level": "warning", "port": free_port(), **overrides})
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(app, **server_options(settings))  # the protocol and limits `sparsecodes serve` uses
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

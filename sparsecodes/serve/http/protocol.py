@@ -1,0 +1,371 @@
+"""The HTTP/1.1 connection with the server's own limits, enforced before a request reaches the app.
+
+An attack on the service found that uvicorn (0.54, httptools parser) by itself bounds none of these: ten
+sockets each sending one unfinished 32 MiB header grew the server by 415 MB (httptools accumulates a header
+value without limit; h11's ``h11_max_incomplete_event_size`` exists only for the h11 parser, and answers
+400), 200 slowloris sockets were all open after 60 s and 100 sockets trickling a body at 0.5 KB/s after 40 s
+(uvicorn has no head or body read timeout: a new connection that sends nothing stays open forever), and
+``limit_concurrency`` answers its 503 only once a request head is complete, so sockets that never finish one
+are never refused. uvicorn takes the protocol class as its ``http`` setting, the extension point it
+documents; this subclass of its httptools protocol adds, per connection:
+
+* a connection cap: past ``max_connections`` a new connection gets 503 at once and is closed;
+* the request head (request line and headers) bounded in bytes and in fields: 431;
+* the head must arrive within ``header_timeout_s`` (for a new connection: its first request), else 408;
+* the body gets ``body_timeout_s`` and must then average ``body_min_bytes_per_s``, else 408;
+* an answer sent before the request body has fully arrived (401, 413, 404 …) carries ``Connection: close``
+  and the connection closes, so a client cannot keep it open by trickling a body nobody reads;
+* after SIGTERM, idle keep-alive connections are not cut (uvicorn closes them at once, dropping requests a
+  client wrote a moment later): what arrives is answered with ``Connection: close`` until each connection
+  is idle past its keep-alive or the grace period ends.
+
+Cost on the hot path: a few attribute updates per request and per header; a timer exists only while a head
+or a body is incomplete (a request that arrives in one read never arms one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from sparsecodes.serve.errors import (
+    HeaderTooLarge,
+    MalformedBody,
+    RequestTimeout,
+    ServerBusy,
+    ServiceError,
+    error_body,
+    status_of,
+)
+from sparsecodes.serve.metrics import CONNECTIONS_OPEN, HTTP_REFUSALS
+
+log = logging.getLogger("sparsecodes.http")
+
+LINGER_S = 1.0
+"""After refusing, keep reading (and dropping) until the client has been quiet this long, so that it reads
+the answer instead of a TCP reset (closing a socket with unread input sends one): a client still uploading
+a refused 64 MiB body is let finish."""
+LINGER_MAX_S = 10.0
+"""…but for no longer than this."""
+
+TIMEOUT_SCOPE_KEY = "sparsecodes.timed_out"
+"""Set in a request's ASGI scope when its body timed out here (the app then records 408, not 499)."""
+
+IDLE, HEAD, BODY = 0, 1, 2
+"""Where a connection's parser is: between requests, inside a request head, inside a body."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The server's per-connection limits (``SPARSECODES_*``, see ``settings.py``)."""
+
+    max_connections: int
+    max_header_bytes: int
+    max_headers: int
+    header_timeout_s: float
+    body_timeout_s: float
+    body_min_bytes_per_s: int
+    keep_alive_s: float
+
+
+class _Refuse(Exception):
+    """Raised inside a parser callback to stop parsing; ``data_received`` answers it."""
+
+    def __init__(self, reason: str, error: ServiceError) -> None:
+        super().__init__(error.message)
+        self.reason, self.error = reason, error
+
+
+def refusal(error: ServiceError, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A whole ``Connection: close`` response carrying ``error`` as the service's JSON error body."""
+    status = status_of(error)
+    body = orjson.dumps(error_body(error))
+    head = [STATUS_LINE[status]]
+    head += [name + b": " + value + b"\r\n" for name, value in default_headers]
+    head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n" % len(body))
+    if status == 503:
+        head.append(b"retry-after: 1\r\n")
+    return b"".join(head) + b"\r\n" + body
+
+
+class _Transport:
+    """The transport as uvicorn's code sees it. uvicorn closes a connection by ``transport.close()``; when
+    the request's body is still arriving (an early 401 or 413), that close turns into a lingering one, so
+    the client reads the answer rather than a reset."""
+
+    __slots__ = ("_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: LimitedHttpToolsProtocol) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._protocol._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._protocol._state == BODY and not self.is_closing():
+            self._protocol._linger()
+        else:
+            self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with :class:`Limits` (build it with ``functools.partial(cls, limits=…)``)."""
+
+    def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self._state = IDLE
+        self._head_bytes = 0
+        """Bytes received since the current head began (counted per read, so at most one read too many)."""
+        self._head_size = 0
+        """Exact size of the current head's URL and header fields, as the parser hands them over."""
+        self._fields = 0
+        self._body_bytes = 0
+        self._body_start = 0.0
+        self._keep_alive = True
+        """Whether the current request may keep the connection (withheld until its body is complete)."""
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = IDLE
+        self._timer_set_at = 0.0
+        self._accepted = False
+        self._closing = False
+        self._draining = False
+        self._heard_at = self._linger_start = 0.0
+
+    # -- connection ------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.limits.max_connections:
+            self.transport = transport
+            self._refuse("connection_limit", ServerBusy(
+                f"the server has {len(self.connections)} open connections, its limit "
+                "(SPARSECODES_MAX_CONNECTIONS); retry shortly"
+            ))
+            return
+        super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
+        self._accepted = True
+        CONNECTIONS_OPEN.inc()
+        self._arm(HEAD, self.limits.header_timeout_s)  # the first request must come in time too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._accepted:
+            self._accepted = False
+            CONNECTIONS_OPEN.dec()
+        super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.flow is not None:
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.flow is not None:
+            super().resume_writing()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            self._heard_at = self.loop.time()  # refused: dropped, until the lingering close
+            return
+        self._unset_keepalive_if_required()
+        if self._state != BODY:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._ignore_upgrade()
+        except httptools.HttpParserError as e:  # a callback's exception arrives wrapped, as the context
+            refused = e.__context__ if isinstance(e.__context__, _Refuse) else None
+            if refused is None:
+                refused = _Refuse("bad_request", MalformedBody(f"invalid HTTP/1.1 request: {e}"))
+            self._refuse(refused.reason, refused.error)
+            return
+        self._after_read()
+
+    def _after_read(self) -> None:
+        """Arm the timer the parser's state needs now: one for an unfinished head or body, none otherwise."""
+        if self.transport.is_closing():
+            self._cancel_timer()
+        elif self._state == HEAD:
+            if self._head_bytes > self.limits.max_header_bytes:
+                self._refuse("header_too_large", self._too_large())
+            elif self._timer_kind != HEAD:
+                self._arm(HEAD, self.limits.header_timeout_s)
+        elif self._state == BODY:
+            if self._timer_kind != BODY:
+                self._arm(BODY, self.limits.body_timeout_s)
+        elif self._timer is not None:
+            self._cancel_timer()
+
+    def _ignore_upgrade(self) -> None:
+        """No route speaks WebSocket (``ws="none"``): the request is served as plain HTTP without its body,
+        and the connection closes after the answer (the parser stops at an upgrade)."""
+        log.debug("upgrade request from %s served as plain HTTP", self.client)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._keep_alive = self.cycle.keep_alive = False
+            self.cycle.more_body = False
+            self.cycle.message_event.set()
+        self._state = IDLE
+
+    # -- parser callbacks --------------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._state = HEAD
+        self._head_size = self._fields = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._head_size += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._fields > self.limits.max_headers:
+            raise _Refuse("header_too_large", HeaderTooLarge(
+                f"the request has more than {self.limits.max_headers} header fields (SPARSECODES_MAX_HEADERS)"
+            ))
+        if self._head_size > self.limits.max_header_bytes:
+            raise _Refuse("header_too_large", self._too_large())
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._head_size > self.limits.max_header_bytes:  # a huge URL with few headers
+            raise _Refuse("header_too_large", self._too_large())
+        self._state = BODY
+        self._head_bytes = self._body_bytes = 0
+        self._body_start = self.loop.time()
+        super().on_headers_complete()
+        # Withheld until the body is complete: answered before that, the connection closes after the answer.
+        self._keep_alive = self.cycle.keep_alive and not self._draining
+        self.cycle.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._state = IDLE
+        self._head_bytes = 0
+        if not self.cycle.response_started:
+            self.cycle.keep_alive = self._keep_alive
+
+    # -- timers ---------------------------------------------------------------------------------------------
+
+    def _arm(self, kind: int, delay: float) -> None:
+        self._cancel_timer()
+        self._timer_kind, self._timer_set_at = kind, self.loop.time()
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_kind = IDLE
+
+    def _on_timer(self) -> None:
+        kind, self._timer, self._timer_kind = self._timer_kind, None, IDLE
+        if self._closing or self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # Not the client's fault: the server stopped reading (a pipelined request waits, or the app has
+            # not consumed the body yet). The time does not count.
+            self._body_start += self.loop.time() - self._timer_set_at
+            self._arm(kind, self.limits.header_timeout_s if kind == HEAD else self.limits.body_timeout_s)
+        elif kind == HEAD:
+            self._head_timed_out()
+        elif kind == BODY:
+            self._body_check()
+
+    def _head_timed_out(self) -> None:
+        if self._state == IDLE:  # a connection that never sent a byte: nobody to answer
+            HTTP_REFUSALS.labels(reason="idle").inc()
+            self.transport.close()
+            return
+        self._refuse("header_timeout", RequestTimeout(
+            f"the request head did not arrive within {self.limits.header_timeout_s:g} s (SPARSECODES_HEADER_TIMEOUT_S)"
+        ))
+
+    def _body_check(self) -> None:
+        """Still on time while the body averages ``body_min_bytes_per_s`` after its ``body_timeout_s`` grace."""
+        limits = self.limits
+        deadline = self._body_start + limits.body_timeout_s + self._body_bytes / limits.body_min_bytes_per_s
+        now = self.loop.time()
+        if now < deadline:
+            self._arm(BODY, deadline - now)
+            return
+        if self.cycle is not None:  # the app (if reading) sees a disconnect and records 408
+            self.cycle.scope[TIMEOUT_SCOPE_KEY] = True  # type: ignore[literal-required]
+        self._refuse("body_timeout", RequestTimeout(
+            f"the request body arrived too slowly: {self._body_bytes} bytes in {now - self._body_start:.1f} s; after "
+            f"{limits.body_timeout_s:g} s it must average {limits.body_min_bytes_per_s} bytes/s "
+            "(SPARSECODES_BODY_TIMEOUT_S, SPARSECODES_BODY_MIN_BYTES_PER_S)"
+        ))
+
+    # -- answering here -------------------------------------------------------------------------------------
+
+    def _too_large(self) -> HeaderTooLarge:
+        return HeaderTooLarge(
+            f"the request head exceeds {self.limits.max_header_bytes} bytes (SPARSECODES_MAX_HEADER_BYTES)"
+        )
+
+    def _refuse(self, reason: str, error: ServiceError) -> None:
+        """Answer ``error`` now (unless a response is under way) and close after a short linger."""
+        self._closing = True
+        self._cancel_timer()
+        HTTP_REFUSALS.labels(reason=reason).inc()
+        log.debug("refused %s: %s (%s)", self.client, error.message, reason)
+        cycle = self.cycle
+        half_answered = cycle is not None and cycle.response_started and not cycle.response_complete
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive() sees a disconnect, its sends are dropped
+            cycle.message_event.set()
+        if not half_answered:
+            self.transport.write(refusal(error, self.server_state.default_headers))
+        self._linger()
+
+    def _linger(self) -> None:
+        """Stop sending, drop what still arrives, close after :data:`LINGER_S` (or when the client does)."""
+        self._closing = True
+        self._cancel_timer()
+        transport = self.transport._transport if isinstance(self.transport, _Transport) else self.transport
+        if transport.can_write_eof():
+            transport.write_eof()
+        transport.resume_reading()  # flow control may have paused it: dropping is what we want now
+        self._heard_at = self._linger_start = self.loop.time()
+        self.loop.call_later(LINGER_S, self._end_linger, transport)
+
+    def _end_linger(self, transport: asyncio.Transport) -> None:
+        now = self.loop.time()
+        if now - self._heard_at < LINGER_S and now - self._linger_start < LINGER_MAX_S and not transport.is_closing():
+            self.loop.call_later(LINGER_S - (now - self._heard_at), self._end_linger, transport)
+        else:
+            transport.close()
+
+    # -- shutdown ---------------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """SIGTERM: stop keeping connections alive, but answer what is already on its way.
+
+        uvicorn closes an idle keep-alive connection here at once; a request a client writes onto it a few
+        milliseconds later is lost (measured: 4 and 7 requests sent ~95 ms after SIGTERM got no answer).
+        Instead every request from now on is answered with ``Connection: close``, and an idle connection
+        closes when its keep-alive expires (or when the grace period ends and the server exits)."""
+        self._draining = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = self._keep_alive = False
+        elif self._state == IDLE and self.timeout_keep_alive_task is None and not self._closing:
+            self._arm(HEAD, min(self.limits.keep_alive_s, self.limits.header_timeout_s))
