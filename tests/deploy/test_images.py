@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from tests.support.containers import (
     IMAGE,
     PROMETHEUS_IMAGE,
     docker,
+    health,
     inspect,
+    logs,
     require_image,
     running,
     sample_rows,
@@ -114,6 +117,22 @@ def test_image_ships_the_demo_bundles_in_the_package(image: dict) -> None:
 def test_health_check_turns_healthy(service: str) -> None:
     status = wait_healthy(service)
     assert status["Log"][-1]["ExitCode"] == 0
+
+
+def test_health_check_fails_while_no_model_is_loaded(tmp_path: Path, image: dict) -> None:
+    """The check can fail: with an empty model folder the service answers 503 on /v2/health/ready, so the
+    probes exit non-zero and the container never reports healthy."""
+    tmp_path.chmod(0o755)
+    port = free_port()
+    args = shlex.split(
+        f"--read-only --tmpfs /tmp -v {tmp_path}:/models:ro -e SPARSECODES_HOST=127.0.0.1 -e SPARSECODES_PORT={port}"
+    )
+    with running("sparsecodes-image-test-empty", IMAGE, *args) as name:
+        deadline = time.monotonic() + 60
+        while not (probes := health(name).get("Log")) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert probes, f"no health probe ran within 60 s:\n{logs(name)}"
+        assert probes[0]["ExitCode"] != 0 and health(name)["Status"] != "healthy", probes
 
 
 def test_runs_as_the_unprivileged_user_on_a_read_only_root(service: str) -> None:
