@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: help install install-serve system-deps serve test test-fast lint format bench clean
+.PHONY: help install install-serve system-deps serve test test-fast image-test lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,6 +29,9 @@ serve: install  ## start the service on built-in defaults (builds demo bundles o
 test: install system-deps  ## lint, then the whole test suite
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+image-test: install system-deps  ## build the serving image and the compose stack for real and test them (needs root; ~10 min cold, ~2 min warm)
+	bash scripts/image-test.sh
 
 test-fast: install  ## tests without the slower training studies
 	$(BIN)/python -m pytest -q -m "not slow"

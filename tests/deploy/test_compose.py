@@ -141,3 +141,25 @@ def test_gpu_override_reserves_a_gpu_for_the_gpu_image(compose_gpu: dict[str, An
     # The override changes the api only; the rest of the stack is untouched.
     assert "models:/models:ro" in api["volumes"] and api["read_only"] is True
     assert set(compose_gpu["services"]) == LONG_RUNNING | {"train"}
+
+
+def test_ci_override_runs_the_stack_on_local_images_and_host_networking() -> None:
+    """docker/docker-compose.ci.yml (make image-test's stack) resolves with the base file; what it changes:
+    local images, host networking with name mappings for the base file's service names, the demo bundles."""
+    ci = resolved(COMPOSE_FILE, DOCKER / "docker-compose.ci.yml")["services"]
+    for name in ("api", "redis", "prometheus"):
+        assert ci[name]["network_mode"] == "host", name
+        assert ci[name]["image"].endswith(":image-test"), name
+    # Each health check asks the port its service listens on (defaults: 18000, 16379, 19090).
+    assert "16379" in ci["redis"]["healthcheck"]["test"] and "16379" in ci["redis"]["command"]
+    assert "--web.listen-address=127.0.0.1:19090" in ci["prometheus"]["command"]
+    assert "http://127.0.0.1:19090/-/ready" in ci["prometheus"]["healthcheck"]["test"]
+    assert ci["api"]["environment"]["SPARSECODES_PORT"] == "18000"
+    assert ci["api"]["extra_hosts"] == {"redis": "127.0.0.1"} and ci["prometheus"]["extra_hosts"] == {
+        "api": "127.0.0.1"
+    }
+    assert ci["api"]["environment"]["SPARSECODES_REDIS_URL"] == "redis://redis:16379/0"
+    assert set(ci["api"]["environment"]) <= set(SETTINGS)
+    assert f"{REPO / 'sparsecodes' / 'serve' / 'demo_bundles'}:/models:ro" in ci["api"]["volumes"]
+    # The hardening of the base file stays.
+    assert ci["api"]["read_only"] is True and ci["api"]["user"] == "10001:10001"

@@ -44,9 +44,26 @@ def test_configuration_table_names_the_helm_value_of_each_setting() -> None:
         assert name == "SPARSECODES_" + re.sub(r"(?<!^)(?=[A-Z])", "_", key).upper()
 
 
-def test_docs_say_the_images_are_not_built_here() -> None:
+def test_docs_give_the_commands_with_and_without_a_registry_and_the_image_sizes() -> None:
     text = DOC.read_text()
-    assert "The images are not built here" in text and "no Docker engine" in text
+    assert "**With registry access**" in text and "### Without a registry" in text
+    for command in (
+        "scripts/wheelhouse.sh",
+        "scripts/make-base-image.sh",
+        "--build-arg PYTHON_IMAGE=",
+        "make image-test",
+    ):
+        assert command in text, command
+    sizes = re.findall(r"^\| `(sparsecodes[^`]*)` \| ([\d.]+) MB \|", text, re.MULTILINE)
+    assert {"sparsecodes", "sparsecodes/python:3.11-bookworm"} <= {name for name, _ in sizes}, sizes
+    assert all(float(mb) < 500 for name, mb in sizes if name == "sparsecodes"), (
+        "the serving image goal is < 500 MB"
+    )
+
+
+def test_every_script_the_docs_name_exists() -> None:
+    for script in set(re.findall(r"scripts/[\w-]+\.sh", DOC.read_text())):
+        assert (REPO / script).is_file(), script
 
 
 def test_chart_readme_covers_every_top_level_value() -> None:

@@ -1,7 +1,8 @@
-"""The Dockerfiles, read instruction by instruction. No Docker engine exists here to build them, so these
-tests check what can be checked without one: hadolint's rules, the layout the deployment issue asks for,
-that every file they COPY exists and passes the build context's ignore list, and that their requirement
-extraction (the one piece of logic they run) gives the right packages when run on this repository."""
+"""The Dockerfiles, read instruction by instruction, without an engine (`make image-test` builds and runs
+the CPU serving image: tests/deploy/test_images.py): hadolint's rules, the layout the deployment issue asks
+for, the offline wheelhouse path, that every file they COPY exists and passes the build context's ignore
+list, and that their requirement extraction (the one piece of logic they run) gives the right packages when
+run on this repository."""
 
 from __future__ import annotations
 
@@ -95,6 +96,13 @@ def pyproject() -> dict:
 
 DOCKERFILES = {name: parse(DOCKER / name) for name in ("Dockerfile", "Dockerfile.gpu", "Dockerfile.train")}
 SERVING = ("Dockerfile", "Dockerfile.gpu")
+# The CI stack's Redis and Prometheus, from Debian's packages (docker/docker-compose.ci.yml).
+CI_DOCKERFILES = sorted((DOCKER / "ci").glob("*.Dockerfile"))
+WHEELS = {
+    "Dockerfile": "docker/wheels",
+    "Dockerfile.gpu": "docker/wheels-gpu",
+    "Dockerfile.train": "docker/wheels-train",
+}
 
 
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
@@ -110,7 +118,7 @@ def test_multi_stage_and_non_root(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(DOCKERFILES))
 def test_dependencies_are_installed_before_the_source_is_copied(name: str) -> None:
     _, stages = DOCKERFILES[name]
-    build = next(s for s in stages if s.all("COPY") and "pyproject.toml" in s.all("COPY")[0])
+    build = next(s for s in stages if any(c.startswith("pyproject.toml") for c in s.all("COPY")))
     order = [(kw, args) for kw, args in build.instructions if kw in {"COPY", "RUN"}]
     install = next(
         i for i, (kw, a) in enumerate(order) if kw == "RUN" and "pip install -c constraints.txt -r" in a
@@ -119,7 +127,9 @@ def test_dependencies_are_installed_before_the_source_is_copied(name: str) -> No
         i for i, (kw, a) in enumerate(order) if kw == "COPY" and a.split()[0] in SOURCE_PACKAGES
     )
     assert install < first_source
-    assert all(a.split()[0] in {"pyproject.toml"} for kw, a in order[:install] if kw == "COPY")
+    assert all(
+        a.split()[0] in {"pyproject.toml", "${WHEELS_DIR}/"} for kw, a in order[:install] if kw == "COPY"
+    )
 
 
 @pytest.mark.parametrize(
@@ -161,13 +171,47 @@ def test_gpu_image_runs_on_a_cuda_runtime_base() -> None:
 
 @pytest.mark.parametrize("name", SERVING)
 def test_serving_images_check_readiness_and_start_the_service(name: str) -> None:
+    """`serve` reads its folder, interface and port from the image's SPARSECODES_* variables, and the
+    health check asks the port SPARSECODES_PORT names: set the variable and both follow."""
     _, stages = DOCKERFILES[name]
     final = stages[-1]
     (healthcheck,) = final.all("HEALTHCHECK")
-    assert "http://127.0.0.1:8000/v2/health/ready" in healthcheck
+    assert "http://127.0.0.1:%s/v2/health/ready' % os.environ['SPARSECODES_PORT']" in healthcheck
+    env = " ".join(final.all("ENV"))
+    for setting in ("SPARSECODES_MODEL_DIR=/models", "SPARSECODES_HOST=0.0.0.0", "SPARSECODES_PORT=8000"):
+        assert setting in env, setting
     assert final.all("EXPOSE") == ["8000"]
     assert final.all("ENTRYPOINT") == ['["sparsecodes"]']
-    assert final.all("CMD") == ['["serve", "--models", "/models", "--host", "0.0.0.0", "--port", "8000"]']
+    assert final.all("CMD") == ['["serve"]']
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_the_base_image_is_a_build_argument_defaulting_to_the_official_one(name: str) -> None:
+    args, stages = DOCKERFILES[name]
+    key = "CUDA_IMAGE" if name == "Dockerfile.gpu" else "PYTHON_IMAGE"
+    assert re.fullmatch(r"python:3\.11-slim-bookworm|nvidia/cuda:.*", args[key]), args[key]
+    assert {s.base for s in stages} - {"busybox:1.36"} - {s.name for s in stages} == {f"${{{key}}}"}
+
+
+@pytest.mark.parametrize("name", sorted(DOCKERFILES))
+def test_wheelhouse_makes_the_build_offline(name: str) -> None:
+    """With wheels in the image's wheelhouse folder, pip in the build stage uses them alone (pip.conf:
+    no-index + find-links); the wheels never reach a later stage."""
+    _, stages = DOCKERFILES[name]
+    build = stages[0]
+    assert stage_args(build)["WHEELS_DIR"] == WHEELS[name]
+    assert "${WHEELS_DIR}/ /wheels/" in build.all("COPY")
+    (switch,) = [r for r in build.all("RUN") if "/wheels/*.whl" in r]
+    assert "no-index = true" in switch and "find-links = /wheels" in switch and "/etc/pip.conf" in switch
+    for later in stages[1:]:
+        assert not [c for c in later.all("COPY") if "wheels" in c], later.name
+    assert (REPO / WHEELS[name] / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", [DOCKER / n for n in DOCKERFILES] + CI_DOCKERFILES, ids=lambda p: p.name)
+def test_no_syntax_directive(path: Path) -> None:
+    """A `# syntax=` line makes BuildKit pull its frontend image from a registry: no offline build."""
+    assert not re.search(r"^#\s*syntax\s*=", path.read_text(), re.MULTILINE)
 
 
 @pytest.mark.parametrize("name", SERVING)
@@ -213,6 +257,9 @@ def test_every_copied_path_exists_and_is_in_the_build_context() -> None:
                     f"{name}: {source} is excluded from the context"
                 )
         assert ignored(".venv/bin/python", patterns) and ignored("docker/models/README.md", patterns)
+        assert not ignored(f"{WHEELS[name]}/numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl", patterns), (
+            name
+        )
         assert not ignored("bundles/digits-sosae/manifest.json", patterns)
         serving = name != "Dockerfile.train"
         assert ignored("sparsecodes/train/trainer.py", patterns) == serving, name
@@ -226,10 +273,23 @@ def hadolint(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(binary), "--no-color", str(path)], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.parametrize("name", sorted(DOCKERFILES))
-def test_hadolint_finds_nothing(name: str) -> None:
-    result = hadolint(DOCKER / name)
+@pytest.mark.parametrize("path", [DOCKER / n for n in DOCKERFILES] + CI_DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_finds_nothing(path: Path) -> None:
+    result = hadolint(path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", CI_DOCKERFILES, ids=lambda p: p.name)
+def test_ci_images_run_debians_package_as_its_own_user(path: Path) -> None:
+    args, (stage,) = parse(path)
+    assert stage.base == "${BASE_IMAGE}" and args["BASE_IMAGE"] == "sparsecodes/python:3.11-bookworm"
+    (install,) = stage.all("RUN")
+    package = path.name.removesuffix(".Dockerfile")
+    assert (
+        f"apt-get install -y --no-install-recommends {'redis-server' if package == 'redis' else package}"
+        in install
+    )
+    assert stage.all("USER") == [package]
 
 
 def test_hadolint_flags_a_careless_dockerfile(tmp_path: Path) -> None:
