@@ -296,7 +296,12 @@ def fit(
             if logged:
                 history.log(step, parts)
                 bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and info.main:
+            if (
+                cfg.checkpoint_every
+                and (step + 1) % cfg.checkpoint_every == 0
+                and step + 1 < total
+                and info.main
+            ):
                 save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step + 1, history)
     finally:
         if stream is not None:
@@ -416,12 +421,12 @@ def _device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
-def _all_reduce_stats(n: int, sx, sq: float):
-    """Sum (rows, Σx, Σ‖x‖²) over the ranks (float64)."""
-    t = torch.from_numpy(np.concatenate([[float(n), sq], sx]))
+def _all_reduce_stats(n: int, sx: np.ndarray, sq: float, failed: bool) -> tuple[int, np.ndarray, float, int]:
+    """Sum (rows, Σx, Σ‖x‖², refusals) over the ranks (float64)."""
+    t = torch.from_numpy(np.concatenate([[float(n), sq, float(failed)], sx]))
     dist.all_reduce(t)
     a = t.numpy()
-    return int(a[0]), a[2:], float(a[1])
+    return int(a[0]), a[3:], float(a[1]), int(a[2])
 
 
 def _gather_names(names: set[str], info: DistInfo) -> list[list[str]]:

@@ -469,9 +469,17 @@ class TrainingShards:
         self.seed, self.rank, self.world = seed, rank, world
         self.train, self.heldout = split_shards(len(self.folder), val_fraction, seed, world)
         self.own = rank_shards(self.train, rank, world, seed)
-        n, sx, sq = self.folder.scan(self.own)
-        if all_reduce is not None:
-            n, sx, sq = all_reduce(n, sx, sq)
+        try:
+            n, sx, sq = self.folder.scan(self.own)
+            failed = None
+        except DataError as e:
+            n, sx, sq, failed = 0, np.zeros(self.d_in), 0.0, e
+        if all_reduce is not None:  # every rank joins, so a rank's refusal stops all of them, none hangs
+            n, sx, sq, refusals = all_reduce(n, sx, sq, failed is not None)
+            if refusals and failed is None:
+                raise DataError("another process refused one of its shards (its error names the shard)")
+        if failed is not None:
+            raise failed
         mean = sx / n
         var = max(sq / n - float(mean @ mean), 0.0)
         self.normalizer = Normalizer(
