@@ -155,6 +155,17 @@ def test_bad_corpus_files_and_models_are_named(tmp_path: Path, capsys: pytest.Ca
         "broken.jsonl": r"broken\.jsonl, line 2: not JSON",
         "notes.md": r"notes\.md: unknown type \.md; expected \.txt",
     }
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"text": ["first document", "", "second one"], "n": [1, 2, 3]}), tmp_path / "ok.parquet"
+    )
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    assert [f["documents"] for f in check_corpus([tmp_path / "ok.parquet"])] == [2]
+    cases["junk.parquet"] = r"junk\.parquet: not a readable \.parquet file"
+    with pytest.raises(DataError, match=r"ok\.parquet: no column 'body' \(--text-field\)"):
+        check_corpus([tmp_path / "ok.parquet"], text_field="body")
     for name, message in cases.items():
         with pytest.raises(DataError, match=message):
             check_corpus([tmp_path / name])

@@ -116,7 +116,9 @@ def _parquet(path: Path, field: str) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise DataError(f"corpus file {path}: reading .parquet needs pyarrow (pip install pyarrow)") from e
+        raise DataError(
+            f"corpus file {path}: reading .parquet needs pyarrow: pip install 'sparsecodes[parquet]'"
+        ) from e
     try:
         table = pq.ParquetFile(path)
         if field not in table.schema_arrow.names:
