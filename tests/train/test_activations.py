@@ -58,6 +58,7 @@ def test_stored_rows_equal_the_models_hidden_states(extracted: Path, corpus_file
 
     tokenizer, model = load_model(model_path(), "cpu")
     reference: dict[int, list[np.ndarray]] = {0: [], 3: []}
+    special: list[bool] = []
     docs = [
         *corpus_files[0].read_text().split("\n"),
         *(json.loads(s)["text"] for s in corpus_files[1].open()),
@@ -71,6 +72,7 @@ def test_stored_rows_equal_the_models_hidden_states(extracted: Path, corpus_file
                 hidden = model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states
             for layer in reference:
                 reference[layer].append(hidden[layer][0].numpy())
+            special += [True] + [False] * (len(seq) - 2) + [True]
             n += len(seq)
         if n >= 1000:
             break
@@ -85,6 +87,12 @@ def test_stored_rows_equal_the_models_hidden_states(extracted: Path, corpus_file
             assert sha256_of(folder / entry["file"]) == entry["sha256"]
         stored = rows_of(folder)
         np.testing.assert_allclose(stored, np.concatenate(reference[layer])[:1000], atol=2e-5, rtol=1e-4)
+    # --exclude-special-tokens stores the same rows without [CLS] and [SEP]
+    out = extracted.parent / "no-special"
+    opts = {**SETTINGS, "layers": [3]}
+    extract(corpus_files, out, max_tokens=300, exclude_special_tokens=True, show_progress=False, **opts)
+    content = np.concatenate(reference[3])[~np.array(special)][:300]
+    np.testing.assert_allclose(rows_of(out), content, atol=2e-5, rtol=1e-4)
 
 
 def test_an_interrupted_extraction_resumes_and_keeps_its_finished_shards(
