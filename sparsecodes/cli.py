@@ -17,6 +17,10 @@ from sparsecodes.errors import CommandError
 
 # name → (module, one-line help). Order is the order `--help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "activations": (
+        "sparsecodes.train.data.activations",
+        "hidden states of a local transformers model over a corpus, written as training shards",
+    ),
     "train": ("sparsecodes.train.cli", "train a sparse autoencoder on a data set; writes a run folder"),
     "export": ("sparsecodes.export.cli", "export a run folder as a verified ONNX bundle"),
     "serve": ("sparsecodes.serve.cli", "serve the bundles in a model folder over HTTP"),

@@ -37,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         required=True,
-        help=f"data set ({', '.join(dataset_names())}) or a file (.npy .npz .safetensors, IDX, CIFAR .bin)",
+        help=f"data set ({', '.join(dataset_names())}), a file (.npy .npz .safetensors, IDX, CIFAR .bin) "
+        "or a shard folder (sparsecodes activations; --data-opt shuffle_rows=, chunk_rows=, eval_rows=)",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder to create")
     p.add_argument(

@@ -5,7 +5,12 @@ hooks around the optimiser step (decoder renormalisation, gradient projection), 
 tqdm progress with the live loss and L0, determinism under a seed, resumable checkpoints, and
 data-parallel training when launched by ``torchrun`` (gloo on CPU, NCCL on GPU).
 
-What it does not do: mixed precision, gradient accumulation, streaming data sets larger than memory.
+Data larger than memory: ``data`` may be a shard folder (``sparsecodes activations`` writes them;
+:mod:`sparsecodes.train.data.shards`): whole shards are held out, each rank streams its own shards
+through a bounded shuffle buffer, the normalisation comes from one verifying pass over the training
+shards, and ``--resume`` restarts the stream at the checkpoint's step.
+
+What it does not do: mixed precision, gradient accumulation.
 
 Where files go: training writes into ``OUT.partial/`` (checkpoints live there, so an interrupted run can
 ``--resume``) and renames it to ``OUT`` when everything, including the report, is written.
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -32,6 +38,7 @@ from sparsecodes.fsutil import replace_dir, write_json
 from sparsecodes.train.config import RunConfig, TrainConfig
 from sparsecodes.train.data import load_dataset
 from sparsecodes.train.data.base import Dataset
+from sparsecodes.train.data.shards import TrainingShards, is_shard_folder
 from sparsecodes.train.evaluate import evaluate
 from sparsecodes.train.models import Progress, SparseAutoencoder, build, make_config
 from sparsecodes.train.normalization import Normalizer
@@ -107,29 +114,52 @@ def train_run(
         device = _device(train_cfg.device, info)
         _refuse_existing(out, force, resume, info)
         work = partial_dir(out)
-        dataset = load_dataset(data, **(data_options or {}))
-        train_set, val_set = dataset.split(train_cfg.val_fraction, train_cfg.seed)
-        normalizer = Normalizer.fit(train_set.x)
+        source: torch.Tensor | TrainingShards
+        train_set: Dataset | None
+        if is_shard_folder(data):
+            source = TrainingShards(
+                data,
+                val_fraction=train_cfg.val_fraction,
+                seed=train_cfg.seed,
+                rank=info.rank,
+                world=info.world,
+                all_reduce=_all_reduce_stats if info.world > 1 else None,
+                **(data_options or {}),
+            )
+            train_set, normalizer = None, source.normalizer
+            val_set = Dataset("shards", source.val_x, spec=source.spec())
+            d_in, spec, input_shape = source.d_in, source.spec(), None
+        else:
+            dataset = load_dataset(data, **(data_options or {}))
+            train_set, val_set = dataset.split(train_cfg.val_fraction, train_cfg.seed)
+            normalizer = Normalizer.fit(train_set.x)
+            d_in, spec, input_shape = (
+                dataset.d_in,
+                dataset.spec or {"name": data, **(data_options or {})},
+                dataset.input_shape,
+            )
+            source = torch.from_numpy(normalizer.apply(train_set.x))
         model_options = {k: v for k, v in (model or {}).items() if k not in ("kind", "d_in")}
-        sae_cfg = make_config(kind, d_in=dataset.d_in, **model_options)
+        sae_cfg = make_config(kind, d_in=d_in, **model_options)
         run_cfg = RunConfig(
             kind=kind,
             model=sae_cfg.to_dict(),
-            data=dataset.spec or {"name": data, **(data_options or {})},
+            data=spec,
             train=train_cfg,
             normalization=normalizer.to_dict(),
-            input_shape=list(dataset.input_shape) if dataset.input_shape else None,
+            input_shape=list(input_shape) if input_shape else None,
         )
         torch.manual_seed(train_cfg.seed)
         sae = build(sae_cfg).to(device)
-        x_train = torch.from_numpy(normalizer.apply(train_set.x))
         if resume:
             check_resume_config(work, run_cfg)
         if info.main:
             work.mkdir(parents=True, exist_ok=True)
             write_json(work / CONFIG_FILE, run_cfg.to_dict())
         try:
-            history = fit(sae, x_train, train_cfg, work, info, resume=resume, show_progress=show_progress)
+            history = fit(sae, source, train_cfg, work, info, resume=resume, show_progress=show_progress)
+            if isinstance(source, TrainingShards):  # what each rank actually read, for the run's record
+                run_cfg.data["read_by_rank"] = _gather_names(source.read, info)
             if info.main:
                 _finish(sae, run_cfg, normalizer, train_set, val_set, history, work, out, force)
         except KeyboardInterrupt:
@@ -157,7 +187,7 @@ def _finish(
     sae: SparseAutoencoder,
     run_cfg: RunConfig,
     normalizer: Normalizer,
-    train_set: Dataset,
+    train_set: Dataset | None,
     val_set: Dataset,
     history: History,
     work: Path,
@@ -210,7 +240,7 @@ def lr_lambda(cfg: TrainConfig, total: int):
 
 def fit(
     sae: SparseAutoencoder,
-    x_train: torch.Tensor,
+    x_train: torch.Tensor | TrainingShards,
     cfg: TrainConfig,
     work: Path,
     info: DistInfo,
@@ -218,19 +248,37 @@ def fit(
     resume: bool = False,
     show_progress: bool = True,
 ) -> History:
-    """Optimise ``sae`` on normalised rows ``x_train [N, d_in]``; returns the logged history."""
+    """Optimise ``sae`` on normalised rows ``x_train [N, d_in]`` (or streamed from training shards);
+    returns the logged history."""
     device = next(sae.parameters()).device
     total = plan_steps(cfg, len(x_train))
     local_batch = max(1, cfg.batch_size // info.world)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sae.init_from_data_(x_train[torch.randperm(len(x_train), generator=gen)[: cfg.batch_size]].to(device))
+    if isinstance(x_train, TrainingShards):
+        sae.init_from_data_(torch.from_numpy(x_train.head(cfg.batch_size)).to(device))
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sae.init_from_data_(x_train[torch.randperm(len(x_train), generator=gen)[: cfg.batch_size]].to(device))
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
     history, start = History(), 0
     if resume:
         start, history = load_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler)
     net = DistributedDataParallel(sae, find_unused_parameters=True) if info.world > 1 else sae
-    batches = BatchStream(len(x_train), cfg.batch_size, seed=cfg.seed + 1, skip=start)
+    if isinstance(x_train, TrainingShards):
+        stream = x_train.stream(local_batch, seed=cfg.seed + 1, skip=start)
+        mean = torch.from_numpy(x_train.normalizer.mean).to(device)
+        scale = x_train.normalizer.scale
+        rows = stream.batches()
+        next_batch = lambda: (next(rows).to(device, non_blocking=True) - mean) / scale  # noqa: E731
+    else:
+        stream = None
+        batches = BatchStream(len(x_train), cfg.batch_size, seed=cfg.seed + 1, skip=start)
+        tensor = x_train
+
+        def next_batch() -> torch.Tensor:
+            idx = batches.next()[info.rank * local_batch : (info.rank + 1) * local_batch]
+            return tensor[idx].to(device, non_blocking=True)
+
     bar = tqdm(
         range(start, total),
         total=total,
@@ -240,16 +288,24 @@ def fit(
         dynamic_ncols=True,
     )
     log_every = max(1, total // 200)
-    for step in bar:
-        idx = batches.next()[info.rank * local_batch : (info.rank + 1) * local_batch]
-        x = x_train[idx].to(device, non_blocking=True)
-        logged = step % log_every == 0 or step == total - 1
-        parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total, log=logged))
-        if logged:
-            history.log(step, parts)
-            bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and info.main:
-            save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step + 1, history)
+    try:
+        for step in bar:
+            x = next_batch()
+            logged = step % log_every == 0 or step == total - 1
+            parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total, log=logged))
+            if logged:
+                history.log(step, parts)
+                bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
+            if (
+                cfg.checkpoint_every
+                and (step + 1) % cfg.checkpoint_every == 0
+                and step + 1 < total
+                and info.main
+            ):
+                save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step + 1, history)
+    finally:
+        if stream is not None:
+            stream.close()  # stops the prefetch thread
     bar.close()
     return history
 
@@ -345,9 +401,7 @@ def check_resume_config(work: Path, run_cfg: RunConfig) -> None:
     saved = read_config(work)
     if saved.kind != run_cfg.kind:
         raise RunError(f"{work / CONFIG_FILE}: checkpoint is of kind {saved.kind!r}, not {run_cfg.kind!r}")
-    changed = {
-        k: (saved.model.get(k), v) for k, v in run_cfg.model.items() if saved.model.get(k) != v
-    }
+    changed = {k: (saved.model.get(k), v) for k, v in run_cfg.model.items() if saved.model.get(k) != v}
     if changed:
         what = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in sorted(changed.items()))
         raise RunError(f"{work / CONFIG_FILE}: the model differs from the checkpoint's ({what})")
@@ -365,6 +419,23 @@ def _device(name: str, info: DistInfo) -> torch.device:
     elif name != "cpu":
         raise RunError(f"unknown device {name!r}; expected cpu, cuda or cuda:N")
     return torch.device(name)
+
+
+def _all_reduce_stats(n: int, sx: np.ndarray, sq: float, failed: bool) -> tuple[int, np.ndarray, float, int]:
+    """Sum (rows, Σx, Σ‖x‖², refusals) over the ranks (float64)."""
+    t = torch.from_numpy(np.concatenate([[float(n), sq, float(failed)], sx]))
+    dist.all_reduce(t)
+    a = t.numpy()
+    return int(a[0]), a[3:], float(a[1]), int(a[2])
+
+
+def _gather_names(names: set[str], info: DistInfo) -> list[list[str]]:
+    """Each rank's set of names, sorted, in rank order."""
+    if info.world == 1:
+        return [sorted(names)]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, sorted(names))
+    return out
 
 
 @contextmanager
