@@ -34,6 +34,13 @@ def run(args: argparse.Namespace) -> int:
     except ValidationError as e:
         raise CommandError(f"invalid setting SPARSECODES_{str(e.errors()[0]['loc'][0]).upper()}: {e.errors()[0]['msg']}") from None
     _check_providers(settings.providers)
+    # Both before any work (the demo bundles, loading models): a typo must not cost a wait.
+    _check_port_free(settings.host, settings.port)
+    if not args.demo and not settings.model_dir.is_dir():
+        raise CommandError(
+            f"model folder {settings.model_dir} does not exist; pass --models FOLDER (or SPARSECODES_MODEL_DIR) "
+            "naming a folder of exported bundles, or --demo to serve the demo bundles"
+        )
     if args.demo:
         _fill_demo(settings.model_dir)
     serve(settings)
@@ -49,12 +56,50 @@ def _check_providers(spec: str) -> None:
         raise CommandError(str(e)) from None
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port something else already listens on, naming the flag and the variable that change it
+    (uvicorn would only log an error after start-up). Binding without SO_REUSEPORT, as uvicorn does."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise CommandError(
+                    f"port {port} on {host} is already in use; choose another with --port N "
+                    "(or SPARSECODES_PORT=N), or stop what listens there"
+                ) from None
+            if e.errno == errno.EACCES:
+                raise CommandError(f"no permission to listen on port {port} on {host}; choose --port N above 1023") from None
+            raise CommandError(f"cannot listen on {host}:{port}: {e.strerror}; check --host and --port") from None
+
+
 def _fill_demo(model_dir: Path) -> None:
+    """Copy the demo bundles shipped in the package into an empty (or missing) model folder: no torch, no
+    training. A checkout without them (deleted) builds them in a child process, which needs the train extra."""
+    import shutil
+
+    from sparsecodes.bundle import DEMO_BUNDLES
+    from sparsecodes.fsutil import replace_dir
     from sparsecodes.serve.runtime import bundle_folders
 
     if bundle_folders(model_dir):
         return
-    print(f"no bundles in {model_dir}: training the demo models (a few minutes)…", flush=True)
+    shipped = bundle_folders(DEMO_BUNDLES)
+    if shipped:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        for folder in shipped:
+            staging = model_dir / f".{folder.name}.copying"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(folder, staging)
+            replace_dir(staging, model_dir / folder.name)
+        print(f"no bundles in {model_dir}: copied the {len(shipped)} demo bundles shipped in the package", flush=True)
+        return
+    print(f"no bundles in {model_dir} and none shipped: training the demo models (a few minutes)…", flush=True)
     # In a child process: the serving process never imports torch or the training code.
     command = [sys.executable, "-m", "sparsecodes", "demo", "--models", str(model_dir)]
     if subprocess.run(command, check=False).returncode != 0:
