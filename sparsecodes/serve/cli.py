@@ -1,7 +1,7 @@
 """``sparsecodes serve``: run the service with uvicorn.
 
-Command-line flags override the ``SPARSECODES_*`` environment. ``--demo`` fills an empty model folder with
-the demo bundles first, in a child process (``sparsecodes demo``), so the server never imports torch.
+Command-line flags override the ``SPARSECODES_*`` environment. ``--demo`` serves the demo bundles shipped in the
+package when the model folder holds none (no torch, no training).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=None, help="interface to bind (default: SPARSECODES_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: SPARSECODES_PORT or 8000)")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: SPARSECODES_WORKERS or 1)")
-    p.add_argument("--demo", action="store_true", help="train and export the demo bundles if the model folder has none")
+    p.add_argument("--demo", action="store_true", help="serve the demo bundles shipped in the package if the model folder has none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
             "naming a folder of exported bundles, or --demo to serve the demo bundles"
         )
     if args.demo:
-        _fill_demo(settings.model_dir)
+        settings = settings.model_copy(update={"model_dir": _demo_dir(settings.model_dir)})
     serve(settings)
     return 0
 
@@ -78,32 +78,24 @@ def _check_port_free(host: str, port: int) -> None:
             raise CommandError(f"cannot listen on {host}:{port}: {e.strerror}; check --host and --port") from None
 
 
-def _fill_demo(model_dir: Path) -> None:
-    """Copy the demo bundles shipped in the package into an empty (or missing) model folder: no torch, no
-    training. A checkout without them (deleted) builds them in a child process, which needs the train extra."""
-    import shutil
-
+def _demo_dir(model_dir: Path) -> Path:
+    """The folder ``--demo`` serves: ``model_dir`` when it holds bundles; else the demo bundles shipped in
+    the package, in place (no copy, so a read-only root filesystem is fine; no torch, no training). A
+    checkout without them (deleted) builds them into ``model_dir`` in a child process (needs the train extra)."""
     from sparsecodes.bundle import DEMO_BUNDLES
-    from sparsecodes.fsutil import replace_dir
     from sparsecodes.serve.runtime import bundle_folders
 
     if bundle_folders(model_dir):
-        return
-    shipped = bundle_folders(DEMO_BUNDLES)
-    if shipped:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        for folder in shipped:
-            staging = model_dir / f".{folder.name}.copying"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(folder, staging)
-            replace_dir(staging, model_dir / folder.name)
-        print(f"no bundles in {model_dir}: copied the {len(shipped)} demo bundles shipped in the package", flush=True)
-        return
+        return model_dir
+    if bundle_folders(DEMO_BUNDLES):
+        print(f"no bundles in {model_dir}: serving the demo bundles shipped in the package ({DEMO_BUNDLES})", flush=True)
+        return DEMO_BUNDLES
     print(f"no bundles in {model_dir} and none shipped: training the demo models (a few minutes)…", flush=True)
     # In a child process: the serving process never imports torch or the training code.
     command = [sys.executable, "-m", "sparsecodes", "demo", "--models", str(model_dir)]
     if subprocess.run(command, check=False).returncode != 0:
         raise CommandError(f"building the demo bundles failed ({shlex.join(command)}); see the output above")
+    return model_dir
 
 
 def serve(settings: Settings) -> None:
