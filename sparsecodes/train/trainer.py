@@ -37,6 +37,7 @@ from sparsecodes.train.data import load_dataset
 from sparsecodes.train.data.base import Dataset
 from sparsecodes.train.evaluate import evaluate
 from sparsecodes.train.models import Progress, SparseAutoencoder, build, make_config
+from sparsecodes.train.models.registry import model_class
 from sparsecodes.train.normalization import Normalizer
 from sparsecodes.train.report import write_report
 from sparsecodes.train.run import (
@@ -119,6 +120,7 @@ def train_run(
         train_set, val_set = dataset.split(train_cfg.val_fraction, train_cfg.seed)
         normalizer = Normalizer.fit(train_set.x)
         model_options = {k: v for k, v in (model or {}).items() if k not in ("kind", "d_in")}
+        model_class(kind)  # an unknown kind is named (with the known ones) before any missing option
         if "d_sae" not in model_options:
             if not expansion_factor or expansion_factor <= 0:
                 raise ValueError("the model needs a latent width: pass --d-sae N (or --expansion-factor F)")
