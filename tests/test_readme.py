@@ -34,7 +34,10 @@ NOT_RUN = {
 
 def blocks() -> list[tuple[str, str]]:
     """``(language, text)`` of every fenced block in the README, in order."""
-    return [(m.group(1), m.group(2)) for m in re.finditer(r"^```(\w*)\n(.*?)^```", README.read_text(), re.S | re.M)]
+    return [
+        (m.group(1), m.group(2))
+        for m in re.finditer(r"^```(\w*)\n(.*?)^```", README.read_text(), re.S | re.M)
+    ]
 
 
 def _listed(text: str) -> bool:
@@ -43,8 +46,11 @@ def _listed(text: str) -> bool:
 
 def live_blocks() -> list[tuple[str, str]]:
     return [
-        (lang, text) for lang, text in blocks()
-        if lang in ("sh", "python") and not _listed(text) and re.search(r"(localhost|127\.0\.0\.1):8000", text)
+        (lang, text)
+        for lang, text in blocks()
+        if lang in ("sh", "python")
+        and not _listed(text)
+        and re.search(r"(localhost|127\.0\.0\.1):8000", text)
     ]
 
 
@@ -54,7 +60,9 @@ def test_every_block_is_run_or_listed() -> None:
     for lang, text in blocks():
         if (lang, text) in live:
             continue
-        assert _listed(text), f"README block neither run nor listed in NOT_RUN: {text.strip().splitlines()[0]!r}"
+        assert _listed(text), (
+            f"README block neither run nor listed in NOT_RUN: {text.strip().splitlines()[0]!r}"
+        )
 
 
 def _driver(tmp: Path, models: Path) -> str:
@@ -70,7 +78,9 @@ def _driver(tmp: Path, models: Path) -> str:
     for i, (lang, text) in enumerate(live_blocks()):
         path = tmp / f"block-{i}.{'sh' if lang == 'sh' else 'py'}"
         path.write_text(text)
-        run = f"PATH={system_path} bash -e -o pipefail {path}" if lang == "sh" else f"{VENV_BIN}/python {path}"
+        run = (
+            f"PATH={system_path} bash -e -o pipefail {path}" if lang == "sh" else f"{VENV_BIN}/python {path}"
+        )
         lines.append(f"(cd {tmp} && {run}) > {tmp}/out-{i} 2>&1; echo $? > {tmp}/rc-{i}")
     lines += ["kill -TERM $server", "wait $server || true"]
     return "\n".join(lines) + "\n"

@@ -53,22 +53,44 @@ def _index(request: Request) -> list[dict[str, Any]]:
         try:
             manifest = bundle.read_manifest(folder)
         except BundleError as e:
-            entries.append({"name": folder.name, "version": "", "state": "UNAVAILABLE", "reason": _without_paths(str(e), folder)})
+            entries.append(
+                {
+                    "name": folder.name,
+                    "version": "",
+                    "state": "UNAVAILABLE",
+                    "reason": _without_paths(str(e), folder),
+                }
+            )
             continue
         m = served.get(manifest.name)
         if m is not None and m.path.resolve() == folder.resolve():
             served.pop(manifest.name)
             same = m.manifest.version == manifest.version
-            reason = "" if same else f"serving version {m.manifest.version}; load to serve the bundle's {manifest.version}"
-            entries.append({"name": manifest.name, "version": m.manifest.version, "state": "READY", "reason": reason})
+            reason = (
+                ""
+                if same
+                else f"serving version {m.manifest.version}; load to serve the bundle's {manifest.version}"
+            )
+            entries.append(
+                {"name": manifest.name, "version": m.manifest.version, "state": "READY", "reason": reason}
+            )
             continue
         reason = "not loaded" if m is None else f"the name is served from the bundle folder {m.path.name!r}"
         problem = getattr(request.app.state, "problems", {}).get(str(folder))
         if problem and m is None:
             reason = f"refused: {_without_paths(problem, folder)}"
-        entries.append({"name": manifest.name, "version": manifest.version, "state": "UNAVAILABLE", "reason": reason})
+        entries.append(
+            {"name": manifest.name, "version": manifest.version, "state": "UNAVAILABLE", "reason": reason}
+        )
     for m in served.values():  # served, but its folder is gone from the model folder
-        entries.append({"name": m.name, "version": m.manifest.version, "state": "READY", "reason": "its bundle folder is gone"})
+        entries.append(
+            {
+                "name": m.name,
+                "version": m.manifest.version,
+                "state": "READY",
+                "reason": "its bundle folder is gone",
+            }
+        )
     return sorted(entries, key=lambda e: (e["name"], e["state"] != "READY"))
 
 
@@ -77,7 +99,9 @@ async def index_get(request: Request) -> Response:
     return json_response(_index(request))
 
 
-@router.post("/index", summary="Model repository index (Triton's POST form; {\"ready\": true} lists only ready models)")
+@router.post(
+    "/index", summary='Model repository index (Triton\'s POST form; {"ready": true} lists only ready models)'
+)
 async def index_post(request: Request) -> Response:
     raw = await request.body()
     try:
@@ -121,19 +145,29 @@ async def load(name: str, request: Request) -> Response:
             runtime = await asyncio.to_thread(load_model, folder, providers)
         except BundleError as e:
             log.error("load of %s from %s refused: %s", name, folder, e)
-            raise ModelLoadFailed(f"bundle {name!r} refused: {_without_paths(str(e), folder)}{keeps}") from None
+            raise ModelLoadFailed(
+                f"bundle {name!r} refused: {_without_paths(str(e), folder)}{keeps}"
+            ) from None
         if runtime.name != name:
-            raise ModelLoadFailed(f"bundle folder {folder.name!r} holds model {runtime.name!r}, not {name!r}{keeps}")
+            raise ModelLoadFailed(
+                f"bundle folder {folder.name!r} holds model {runtime.name!r}, not {name!r}{keeps}"
+            )
         await engine.swap_in(runtime)
         getattr(request.app.state, "problems", {}).pop(str(folder), None)
     log.info(
-        "loaded model %s version %s (was %s) in %.2fs", name, runtime.manifest.version,
-        old.manifest.version if old is not None else "not served", time.perf_counter() - start,
+        "loaded model %s version %s (was %s) in %.2fs",
+        name,
+        runtime.manifest.version,
+        old.manifest.version if old is not None else "not served",
+        time.perf_counter() - start,
     )
-    return json_response({
-        "name": name, "version": runtime.manifest.version,
-        "previous_version": old.manifest.version if old is not None else None,
-    })
+    return json_response(
+        {
+            "name": name,
+            "version": runtime.manifest.version,
+            "previous_version": old.manifest.version if old is not None else None,
+        }
+    )
 
 
 @router.post("/models/{name}/unload", summary="Stop serving a model")

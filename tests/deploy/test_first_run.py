@@ -25,7 +25,8 @@ ARTIFACTS = ROOT / "test-artifacts"
 READY_GOAL_S, VENV_GOAL_BYTES = 60.0, 400e6
 
 pytestmark = pytest.mark.skipif(
-    os.environ.get("SPARSECODES_FIRST_RUN_TEST") != "1", reason="clones and installs a fresh venv: `make first-run-test`"
+    os.environ.get("SPARSECODES_FIRST_RUN_TEST") != "1",
+    reason="clones and installs a fresh venv: `make first-run-test`",
 )
 
 
@@ -37,13 +38,23 @@ def test_make_serve_on_a_fresh_clone_answers_ready(tmp_path: Path) -> None:
     clone = tmp_path / "sparsecodes"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH") and not k.startswith("SPARSECODES_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("VIRTUAL_ENV", "PYTHONPATH") and not k.startswith("SPARSECODES_")
+    }
     python = getattr(sys, "_base_executable", sys.executable)  # the interpreter this venv was made from
     env["SPARSECODES_PORT"] = str(port)
     log = (tmp_path / "make-serve.log").open("wb")
     start = time.monotonic()
-    proc = subprocess.Popen(["make", "serve", f"PYTHON={python}"], cwd=clone, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["make", "serve", f"PYTHON={python}"],
+        cwd=clone,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     ready_s = None
     try:
         while time.monotonic() - start < 900 and proc.poll() is None:
@@ -54,7 +65,9 @@ def test_make_serve_on_a_fresh_clone_answers_ready(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["models"] if ready_s else []
+        models = (
+            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).json()["models"] if ready_s else []
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the process group this test started (make and the server)
         proc.wait(60)
@@ -63,13 +76,22 @@ def test_make_serve_on_a_fresh_clone_answers_ready(tmp_path: Path) -> None:
     assert ready_s is not None, f"never ready; make serve printed:\n{output[-3000:]}"
     venv = clone / ".venv"
     venv_bytes = folder_bytes(venv)
-    no_torch = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, timeout=60)
-    figures = {"ready_s": round(ready_s, 1), "venv_mb": round(venv_bytes / 1e6, 1), "models": sorted(m["name"] for m in models),
-               "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}
+    no_torch = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True, timeout=60
+    )
+    figures = {
+        "ready_s": round(ready_s, 1),
+        "venv_mb": round(venv_bytes / 1e6, 1),
+        "models": sorted(m["name"] for m in models),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": os.getloadavg()[0],
+    }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "first-run.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"\nmake serve on a fresh clone: ready in {ready_s:.1f} s (goal < {READY_GOAL_S:.0f} s), "
-          f".venv {venv_bytes / 1e6:.0f} MB (goal < {VENV_GOAL_BYTES / 1e6:.0f} MB); {figures}")
+    print(
+        f"\nmake serve on a fresh clone: ready in {ready_s:.1f} s (goal < {READY_GOAL_S:.0f} s), "
+        f".venv {venv_bytes / 1e6:.0f} MB (goal < {VENV_GOAL_BYTES / 1e6:.0f} MB); {figures}"
+    )
     assert no_torch.returncode != 0, "make serve installed torch"
     assert figures["models"] == ["digits-sosae", "manifold-softsae", "subspaces-vaease"], figures
     assert venv_bytes < VENV_GOAL_BYTES, figures

@@ -35,7 +35,9 @@ def test_index_load_reload_refuse_and_unload(tmp_path: Path) -> None:
             check_error(anonymous.post("/v2/repository/models/alpha/load"), 401, "unauthorized")
             check_error(anonymous.post("/v2/repository/models/alpha/unload"), 401, "unauthorized")
         assert "model_repository" in c.get("/v2").json()["extensions"]
-        assert c.get("/v2/repository/index").json() == [{"name": "alpha", "version": v0, "state": "READY", "reason": ""}]
+        assert c.get("/v2/repository/index").json() == [
+            {"name": "alpha", "version": v0, "state": "READY", "reason": ""}
+        ]
         before = c.post("/v1/models/alpha/encode", json=x).json()
 
         # A new bundle: listed as not loaded, then served after a load.

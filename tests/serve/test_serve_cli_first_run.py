@@ -15,7 +15,9 @@ SERVE = [sys.executable, "-m", "sparsecodes", "serve"]
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*SERVE, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*SERVE, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
 
 
 def test_a_missing_model_folder_exits_with_a_message_suggesting_demo(tmp_path: Path) -> None:
@@ -32,8 +34,10 @@ def test_a_taken_port_names_the_flag_and_the_variable_before_any_work(tmp_path: 
         taken.listen()
         port = taken.getsockname()[1]
         # --demo on an empty folder would build the demo bundles first: the port is checked before that.
-        for done in (serve("--models", str(tmp_path / "m"), "--demo", "--port", str(port)),
-                     serve("--models", str(tmp_path / "m"), "--demo", env={"SPARSECODES_PORT": str(port)})):
+        for done in (
+            serve("--models", str(tmp_path / "m"), "--demo", "--port", str(port)),
+            serve("--models", str(tmp_path / "m"), "--demo", env={"SPARSECODES_PORT": str(port)}),
+        ):
             assert done.returncode == 2, done.stderr
             assert f"port {port}" in done.stderr and "in use" in done.stderr, done.stderr
             assert "--port" in done.stderr and "SPARSECODES_PORT" in done.stderr

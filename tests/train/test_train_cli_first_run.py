@@ -56,15 +56,29 @@ def test_demo_and_bench_help_are_complete() -> None:
     sys.path.insert(0, str(ROOT))
     from bench.cli import BENCHMARKS
 
-    top = subprocess.run([sys.executable, "-m", "sparsecodes", "--help"], capture_output=True, text=True, timeout=60)
+    top = subprocess.run(
+        [sys.executable, "-m", "sparsecodes", "--help"], capture_output=True, text=True, timeout=60
+    )
     bench_line = next(line for line in top.stdout.splitlines() if line.strip().startswith("bench"))
     assert all(name in bench_line for name in BENCHMARKS), bench_line
-    demo = subprocess.run([sys.executable, "-m", "sparsecodes", "demo", "--help"], capture_output=True, text=True, timeout=120)
+    demo = subprocess.run(
+        [sys.executable, "-m", "sparsecodes", "demo", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert "--no-progress no progress" in " ".join(demo.stdout.split()), demo.stdout
 
 
-def test_d_sae_defaults_to_the_expansion_factor_times_d_in(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = train_run("topk", "digits", tmp_path / "r", model={"k": 4}, train=FAST, show_progress=False, expansion_factor=0.5)
+def test_d_sae_defaults_to_the_expansion_factor_times_d_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = train_run(
+        "topk",
+        "digits",
+        tmp_path / "r",
+        model={"k": 4},
+        train=FAST,
+        show_progress=False,
+        expansion_factor=0.5,
+    )
     assert json.loads((out / "config.json").read_text())["model"]["d_sae"] == 32  # digits: d_in 64
     assert "warning" not in capsys.readouterr().err, "1797 rows are enough for 32 latents"
     with pytest.raises(ValueError, match="--d-sae"):
@@ -74,7 +88,14 @@ def test_d_sae_defaults_to_the_expansion_factor_times_d_in(tmp_path: Path, capsy
 
 def test_too_small_data_gets_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     np.save(tmp_path / "five.npy", np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32))
-    train_run("topk", str(tmp_path / "five.npy"), tmp_path / "r", model={"d_sae": 8, "k": 2}, train=FAST, show_progress=False)
+    train_run(
+        "topk",
+        str(tmp_path / "five.npy"),
+        tmp_path / "r",
+        model={"d_sae": 8, "k": 2},
+        train=FAST,
+        show_progress=False,
+    )
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "too small for the model" in err, err
     assert "4 training rows for 8 latents" in err and "1 held-out rows" in err, err
@@ -86,9 +107,26 @@ class Training:
     STEPS = 20000
 
     def __init__(self, out: Path, *extra: str) -> None:
-        args = ["--kind", "topk", "--data", "digits", "--out", str(out), "--d-sae", "8", "--k", "2",
-                "--batch-size", "16", "--steps", str(self.STEPS), *extra]
-        self.proc = subprocess.Popen([*TRAIN, *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=ROOT)
+        args = [
+            "--kind",
+            "topk",
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--d-sae",
+            "8",
+            "--k",
+            "2",
+            "--batch-size",
+            "16",
+            "--steps",
+            str(self.STEPS),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            [*TRAIN, *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=ROOT
+        )
         self.err = b""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -124,7 +162,9 @@ def interrupt(run: Training, after_step: int) -> str:
     run.proc.send_signal(signal.SIGINT)
     rc, err = run.finish()
     assert rc == 130, err[-2000:]
-    assert err.count("interrupted") == 1 and "rerun with --resume" in err and "Traceback" not in err, err[-2000:]
+    assert err.count("interrupted") == 1 and "rerun with --resume" in err and "Traceback" not in err, err[
+        -2000:
+    ]
     return err
 
 
@@ -146,6 +186,11 @@ def test_ctrl_c_writes_a_checkpoint_that_resume_continues_from(tmp_path: Path) -
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
-    done = subprocess.run([*TRAIN, "--kind", "topk", "--data", "digits", "--out", str(tmp_path / "r"), "--resume"],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    done = subprocess.run(
+        [*TRAIN, "--kind", "topk", "--data", "digits", "--out", str(tmp_path / "r"), "--resume"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+    )
     assert done.returncode == 2 and "nothing to resume" in done.stderr, done.stderr
