@@ -22,6 +22,9 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,7 @@ from sparsecodes.train.data.base import Dataset
 from sparsecodes.train.data.shards import TrainingShards, is_shard_folder
 from sparsecodes.train.evaluate import evaluate
 from sparsecodes.train.models import Progress, SparseAutoencoder, build, make_config
+from sparsecodes.train.models.registry import model_class
 from sparsecodes.train.normalization import Normalizer
 from sparsecodes.train.report import write_report
 from sparsecodes.train.run import (
@@ -102,11 +106,16 @@ def train_run(
     force: bool = False,
     resume: bool = False,
     show_progress: bool = True,
+    expansion_factor: float | None = None,
 ) -> Path:
     """Train ``kind`` on ``data`` and write a run folder at ``out``; returns its path.
 
     ``model`` holds the kind's hyperparameters (``d_sae``, ``k``, ``push_ratio`` …; ``d_in`` comes from
     the data), ``data_options`` the data source's options, ``train`` the loop's (:class:`TrainConfig`).
+    Without ``d_sae``, ``expansion_factor`` sets it to ``round(expansion_factor · d_in)``.
+
+    Ctrl-C (SIGINT) while training writes a checkpoint at the last finished step and raises
+    :class:`TrainingInterrupted`; ``resume=True`` continues from it.
     """
     out = Path(out)
     train_cfg = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(train or {})
@@ -140,6 +149,14 @@ def train_run(
             )
             source = torch.from_numpy(normalizer.apply(train_set.x))
         model_options = {k: v for k, v in (model or {}).items() if k not in ("kind", "d_in")}
+        model_class(kind)  # an unknown kind is named (with the known ones) before any missing option
+        if "d_sae" not in model_options:
+            if not expansion_factor or expansion_factor <= 0:
+                raise ValueError("the model needs a latent width: pass --d-sae N (or --expansion-factor F)")
+            model_options["d_sae"] = max(1, round(expansion_factor * d_in))
+        if info.main:
+            n_train = len(source) if isinstance(source, TrainingShards) else len(train_set)
+            warn_if_too_small(n_train, len(val_set), model_options["d_sae"], train_cfg.batch_size)
         sae_cfg = make_config(kind, d_in=d_in, **model_options)
         run_cfg = RunConfig(
             kind=kind,
@@ -162,9 +179,12 @@ def train_run(
                 run_cfg.data["read_by_rank"] = _gather_names(source.read, info)
             if info.main:
                 _finish(sae, run_cfg, normalizer, train_set, val_set, history, work, out, force)
+        except TrainingInterrupted:
+            raise
         except KeyboardInterrupt:
-            if info.main:
-                print(f"interrupted: checkpoint kept in {work}; rerun with --resume to continue")
+            # Before the first step (or in a distributed run): no checkpoint to resume from.
+            if info.main and not resume:
+                shutil.rmtree(work, ignore_errors=True)
             raise
         except BaseException:
             # Bad input or a crash: leave nothing half-written behind (checkpoints only survive interrupts).
@@ -172,6 +192,52 @@ def train_run(
                 shutil.rmtree(work, ignore_errors=True)
             raise
     return out
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the checkpoint is and how to resume."""
+
+
+MIN_HELDOUT_ROWS = 20
+"""Fewer held-out rows than this and the run's metrics (fvu, L0, probe accuracy) mean little."""
+
+
+def warn_if_too_small(n_train: int, n_val: int, d_sae: int, batch_size: int) -> None:
+    """One warning line on stderr when the data are too small for the model: fewer training rows than
+    latents (the model can memorise them) or too few held-out rows for the metrics."""
+    problems = []
+    if n_train < d_sae:
+        problems.append(f"{n_train} training rows for {d_sae} latents (the model can memorise them)")
+    if n_val < MIN_HELDOUT_ROWS:
+        problems.append(f"{n_val} held-out rows (fewer than {MIN_HELDOUT_ROWS}: fvu and L0 are unreliable)")
+    if problems:
+        hint = "use more rows or a smaller --d-sae" + (
+            f" (each step reuses the whole set: batch {batch_size} > {n_train} rows)" if batch_size > n_train else ""
+        )
+        print(f"warning: the data are too small for the model: {'; '.join(problems)}; {hint}", file=sys.stderr)
+
+
+class _StopAtStepBoundary:
+    """While active, the first SIGINT only sets a flag that the loop reads between steps, so the checkpoint
+    it then writes is consistent (never half an optimiser step); a second SIGINT interrupts at once."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self) -> _StopAtStepBoundary:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _refuse_existing(out: Path, force: bool, resume: bool, info: DistInfo) -> None:
@@ -288,21 +354,24 @@ def fit(
         dynamic_ncols=True,
     )
     log_every = max(1, total // 200)
+    # Distributed runs keep Python's default (every rank must stop at the same step to checkpoint).
     try:
-        for step in bar:
-            x = next_batch()
-            logged = step % log_every == 0 or step == total - 1
-            parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total, log=logged))
-            if logged:
-                history.log(step, parts)
-                bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
-            if (
-                cfg.checkpoint_every
-                and (step + 1) % cfg.checkpoint_every == 0
-                and step + 1 < total
-                and info.main
-            ):
-                save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step + 1, history)
+        with _StopAtStepBoundary(info.world == 1) as stop:
+            for step in bar:
+                if stop.requested:
+                    bar.close()
+                    save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step, history)
+                    raise TrainingInterrupted(
+                        f"checkpoint at step {step} of {total} in {work}; rerun with --resume to continue"
+                    )
+                x = next_batch()
+                logged = step % log_every == 0 or step == total - 1
+                parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total, log=logged))
+                if logged:
+                    history.log(step, parts)
+                    bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
+                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and info.main:
+                    save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step + 1, history)
     finally:
         if stream is not None:
             stream.close()  # stops the prefetch thread
