@@ -101,6 +101,28 @@ def _sparsify(source: Source, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _dictionary_learning(source: Source, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """In a child process: importing dictionary_learning imports nnsight, which patches torch's fake
+    tensors, and every later ``torch.onnx.export`` in that process fails."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("dictionary_learning") is None:
+        raise ImportError("No module named 'dictionary_learning'")
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x.numpy())
+        done = subprocess.run(
+            [sys.executable, "-m", "sparsecodes.export.reference", str(source.path), tmp],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise ExportError(f"{source.path}: dictionary_learning failed to run it: {done.stderr.strip()[-2000:]}")
+        with np.load(Path(tmp) / "out.npz") as z:
+            return z["codes"], z["x_hat"]
+
+
+def _dictionary_learning_here(source: Source, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     from dictionary_learning.dictionary import AutoEncoder, JumpReluAutoEncoder
     from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
     from dictionary_learning.trainers.top_k import AutoEncoderTopK
@@ -188,3 +210,24 @@ def saelens_encode(folder: Path, x: np.ndarray) -> np.ndarray | None:
         warnings.simplefilter("ignore")
         sae = SAE.load_from_disk(folder).eval()
         return sae.encode(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m sparsecodes.export.reference DL_FOLDER WORKDIR``: dictionary_learning's outputs of
+    ``WORKDIR/x.npy`` into ``WORKDIR/out.npz`` (see ``_dictionary_learning``)."""
+    from sparsecodes.export.sources import read_source
+
+    folder, work = Path(argv[0]), Path(argv[1])
+    source = read_source("dictionary-learning", folder)
+    x = torch.from_numpy(np.load(work / "x.npy"))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        codes, x_hat = _dictionary_learning_here(source, x)
+    np.savez(work / "out.npz", codes=codes, x_hat=x_hat)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 D_IN, D_SAE, K = 24, 64, 6
+REPO = Path(__file__).resolve().parents[2]
 DEAD = (5, 17)
 """Latents made dead on every input (zero encoder row, negative bias): the import must drop them."""
 
@@ -202,5 +205,15 @@ CASES: dict[str, Callable[[Path], str]] = {
 
 
 def build(case: str, folder: Path) -> str:
+    """Save ``case`` into ``folder``; returns its import format. dictionary_learning's cases are built in a
+    child process: importing it imports nnsight, which breaks ``torch.onnx.export`` in the same process."""
+    if case.startswith("dl-"):
+        subprocess.run([sys.executable, "-m", "tests.support.peers", case, str(folder)], check=True, cwd=REPO)
+        return "dictionary-learning"
     with _quiet():
         return CASES[case](Path(folder))
+
+
+if __name__ == "__main__":
+    with _quiet():
+        CASES[sys.argv[1]](Path(sys.argv[2]))
