@@ -180,3 +180,34 @@ def test_export_to_saelens_refuses_other_kinds(run_of, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="kind 'softsae' cannot be exported to SAELens"):
         export_saelens(run_of("softsae"), tmp_path / "sae", quiet=True)
     assert not (tmp_path / "sae").exists()
+
+
+# -- serving an imported bundle ---------------------------------------------------------------------------
+
+
+def test_an_imported_sae_serves_like_our_own(imported, tmp_path: Path) -> None:
+    """The real service (uvicorn, ONNX Runtime) serves the imported bundle: listed with its kind, and its
+    codes over HTTP are the library's (as served latents: ``index_map`` maps them back)."""
+    from sparsecodes.export.reference import library_outputs
+    from sparsecodes.export.sources import read_source
+    from sparsecodes.serve.client import Client
+    from tests.support.server import run_server
+
+    fmt, src, out, manifest = imported("saelens-jumprelu")
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copytree(out, models / manifest.name)
+    x = peers.rows()[:32]
+    lib_codes, lib_x_hat = library_outputs(read_source(fmt, src), x)
+    with run_server(model_dir=models) as server, server.client() as http:
+        listed = {m["name"]: m for m in http.get("/v1/models").json()["models"]}
+        assert listed[manifest.name]["kind"] == "saelens-jumprelu"
+        assert listed[manifest.name]["d_served"] == peers.D_SAE - len(peers.DEAD)
+        with Client(server.url) as client:
+            r = client.encode(manifest.name, x, return_reconstruction=True)
+    served = r.codes.to_dense(manifest.d_served)
+    trained = np.zeros_like(lib_codes)
+    trained[:, manifest.index_map] = served
+    assert ((trained != 0) == (lib_codes != 0)).all()
+    assert _rel(trained, lib_codes) < RTOL
+    assert _rel(r.reconstructions, lib_x_hat) < RTOL
