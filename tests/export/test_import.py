@@ -14,24 +14,26 @@ import pytest
 from sparsecodes import bundle as B
 from tests.support import peers
 
-pytest.importorskip("sae_lens", reason="the peer libraries: make install-peers")
-
+# The peer libraries come with `make install` (requirements-peers.txt): missing, these tests fail, not skip.
 RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory):
-    """``imported(case)`` → (source folder, bundle folder, manifest), built once per case."""
+    """``imported(case)`` → (format, source folder, bundle folder, manifest, the library's (codes, x_hat) for
+    dictionary_learning cases else None), built once per case."""
     from sparsecodes.export.importing import import_sae
 
     root, cache = tmp_path_factory.mktemp("imports"), {}
+    dl_cases = [c for c in peers.CASES if c.startswith("dl-")]
+    references = peers.build_dl(dl_cases, root, {c: root / f"src-{c}" for c in dl_cases})  # one child for all
 
     def make(case: str):
         if case not in cache:
             src = root / f"src-{case}"
-            fmt = peers.build(case, src)
+            fmt = "dictionary-learning" if case in references else peers.build(case, src)
             out = root / f"bundle-{case}"
-            cache[case] = (fmt, src, out, import_sae(fmt, src, out, data=peers.rows(), quiet=True))
+            cache[case] = (fmt, src, out, import_sae(fmt, src, out, data=peers.rows(), quiet=True), references.get(case))
         return cache[case]
 
     return make
@@ -46,9 +48,10 @@ def test_imported_bundle_matches_the_library(imported, case: str) -> None:
     from sparsecodes.export.reference import library_outputs
     from sparsecodes.export.sources import read_source
 
-    fmt, src, out, manifest = imported(case)
+    fmt, src, out, manifest, reference = imported(case)
     x = peers.rows()
-    lib_codes, lib_x_hat = library_outputs(read_source(fmt, src), x)  # the library's own encode/decode
+    # the library's own encode/decode on the same rows (dictionary_learning's from the process that built it)
+    lib_codes, lib_x_hat = reference or library_outputs(read_source(fmt, src), x)
     assert (lib_codes != 0).any(axis=1).all() and (lib_codes[:, list(peers.DEAD)] == 0).all()
     keep = manifest.index_map
     assert set(range(peers.D_SAE)) - set(keep) == set(peers.DEAD)  # the dead latents, and only they, dropped
@@ -76,8 +79,8 @@ def test_a_bundle_of_another_sae_fails_the_source_check(imported) -> None:
     from sparsecodes.export.reference import compare_with_source
     from sparsecodes.export.sources import read_source
 
-    fmt, src, _, manifest = imported("saelens-jumprelu")
-    _, _, other, _ = imported("saelens-batchtopk")  # same shapes, other weights
+    fmt, src, _, manifest, _ = imported("saelens-jumprelu")
+    other = imported("saelens-batchtopk")[2]  # same shapes, other weights
     with pytest.raises(ExportError, match="does not match|differ"):
         compare_with_source(read_source(fmt, src), other, np.array(manifest.index_map), peers.rows())
 
@@ -193,7 +196,7 @@ def test_an_imported_sae_serves_like_our_own(imported, tmp_path: Path) -> None:
     from sparsecodes.serve.client import Client
     from tests.support.server import run_server
 
-    fmt, src, out, manifest = imported("saelens-jumprelu")
+    fmt, src, out, manifest, _ = imported("saelens-jumprelu")
     models = tmp_path / "models"
     models.mkdir()
     shutil.copytree(out, models / manifest.name)

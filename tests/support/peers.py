@@ -205,15 +205,39 @@ CASES: dict[str, Callable[[Path], str]] = {
 
 
 def build(case: str, folder: Path) -> str:
-    """Save ``case`` into ``folder``; returns its import format. dictionary_learning's cases are built in a
-    child process: importing it imports nnsight, which breaks ``torch.onnx.export`` in the same process."""
+    """Save ``case`` into ``folder``; returns its import format (see :func:`build_dl` for dictionary_learning)."""
     if case.startswith("dl-"):
-        subprocess.run([sys.executable, "-m", "tests.support.peers", case, str(folder)], check=True, cwd=REPO)
+        build_dl([case], Path(folder).parent, {case: Path(folder)})
         return "dictionary-learning"
     with _quiet():
         return CASES[case](Path(folder))
 
 
+def build_dl(cases: list[str], workdir: Path, folders: dict[str, Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Build dictionary_learning's ``cases`` into ``folders`` in one child process (importing it imports
+    nnsight, which breaks ``torch.onnx.export`` in the same process) and return, per case, the library's own
+    ``(codes, x_hat)`` of :func:`rows` from that process (``encode``/``decode`` after ``from_pretrained``)."""
+    args = [f"{c}={folders[c]}" for c in cases]
+    subprocess.run([sys.executable, "-m", "tests.support.peers", str(workdir), *args], check=True, cwd=REPO)
+    out = {}
+    for c in cases:
+        with np.load(Path(workdir) / f"reference-{c}.npz") as z:
+            out[c] = (z["codes"], z["x_hat"])
+    return out
+
+
+def _child(workdir: Path, args: list[str]) -> None:
+    from sparsecodes.export.reference import _dictionary_learning_here
+    from sparsecodes.export.sources import read_source
+
+    x = torch.from_numpy(rows())
+    for arg in args:
+        case, folder = arg.split("=", 1)
+        CASES[case](Path(folder))
+        codes, x_hat = _dictionary_learning_here(read_source("dictionary-learning", Path(folder)), x)
+        np.savez(workdir / f"reference-{case}.npz", codes=codes, x_hat=x_hat)
+
+
 if __name__ == "__main__":
-    with _quiet():
-        CASES[sys.argv[1]](Path(sys.argv[2]))
+    with _quiet(), torch.no_grad():
+        _child(Path(sys.argv[1]), sys.argv[2:])
