@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: help install install-serve system-deps serve demo first-run-test test test-fast image-test lint format bench clean
+.PHONY: help install install-peers install-serve system-deps serve demo first-run-test test test-fast image-test lint format bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,7 +18,13 @@ $(VENV)/.installed-all: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e ".[train,lm,serve,dev]"
 	touch $@
 
-install: $(VENV)/.installed-all  ## the whole project with every extra (train, lm, serve, dev)
+$(VENV)/.installed-peers: requirements-peers.txt constraints.txt $(VENV)/.installed-all
+	$(PIP) --no-deps -r requirements-peers.txt
+	touch $@
+
+install: $(VENV)/.installed-all $(VENV)/.installed-peers  ## the whole project with every extra (train, lm, serve, dev) and the peer SAE libraries
+
+install-peers: $(VENV)/.installed-peers  ## SAELens, sparsify, dictionary_learning (requirements-peers.txt, --no-deps) for `sparsecodes import` and its tests
 
 # The serving extra only (no torch): what `make serve` needs. A venv with every extra has it too.
 $(VENV)/.installed-serve: pyproject.toml constraints.txt | $(BIN)/python

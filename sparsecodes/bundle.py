@@ -166,6 +166,30 @@ class LatentSelection(_Strict):
     mse_served: float = Field(description="Held-out mse of the served model (PyTorch, normalised units).")
 
 
+class SourceFile(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class SourceRecord(_Strict):
+    """Where an imported bundle came from (``sparsecodes import``): an SAE saved by another library."""
+
+    format: Literal["saelens", "sparsify", "dictionary-learning"]
+    architecture: str = Field(description="The source's own name for it (SAELens architecture, dict_class, ...).")
+    library: str | None = Field(description="The library (and version) the graphs were checked against; null if not checked.")
+    files: dict[str, SourceFile] = Field(description="Every source file read, by name, with its hash.")
+    config: dict[str, Any] = Field(description="The original config file(s), by file name.")
+    input_scale: float = Field(gt=0, description="The source SAE saw inputs times this (a stored scaling factor); folded into the graphs.")
+    rows: Literal["data", "synthetic"] = Field(
+        description="data: the rows given at import (dead latents measured on them); synthetic: rows drawn from "
+        "the SAE's own decoder (only provably dead latents dropped)."
+    )
+    parity: Parity | None = Field(
+        description="The graphs against the source library's own encode/decode on those rows (codes and "
+        "reconstructions, relative to their largest magnitude); null when the check was skipped."
+    )
+
+
 class Manifest(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = Field(pattern=NAME_PATTERN, description="URL-safe model name.")
@@ -187,6 +211,7 @@ class Manifest(_Strict):
     )
     selection: LatentSelection | None = Field(default=None, description="How index_map was chosen.")
     training: dict[str, Any] = Field(description="The run's config.json.")
+    source: SourceRecord | None = Field(default=None, description="For an imported SAE, its origin; else null.")
     created_at: str
     package_version: str
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("sparsecodes.train.cli", "train a sparse autoencoder on a data set; writes a run folder"),
     "export": ("sparsecodes.export.cli", "export a run folder as a verified ONNX bundle"),
+    "import": ("sparsecodes.export.import_cli", "import an SAE saved by SAELens, sparsify or dictionary_learning as a verified bundle"),
     "serve": ("sparsecodes.serve.cli", "serve the bundles in a model folder over HTTP"),
     "demo": ("sparsecodes.export.demo", "train and export the small demo bundles into a model folder"),
     "bench": ("bench.cli", "benchmarks: train, export, serve, shards, load, attack (from a repository checkout)"),

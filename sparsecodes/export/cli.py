@@ -1,4 +1,5 @@
-"""``sparsecodes export RUN_DIR --out BUNDLE_DIR [--name NAME] [--opset N] [--fp16] [--force]``."""
+"""``sparsecodes export RUN_DIR --out BUNDLE_DIR [--name NAME] [--opset N] [--fp16] [--force]``;
+``--format saelens`` writes a SAELens SAE folder instead of a bundle."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve every trained latent: no SOSAE cut, no dead-latent pruning",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the bundle's path")
+    parser.add_argument(
+        "--format",
+        choices=("bundle", "saelens"),
+        default="bundle",
+        help="bundle: our verified ONNX bundle (default); saelens: a SAELens SAE folder (cfg.json + "
+        "sae_weights.safetensors) for the kinds SAELens represents (topk, batchtopk, relu_l1)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from sparsecodes.export.publish import export_run
     from sparsecodes.train.run import RunError
 
+    if args.format == "saelens":
+        from sparsecodes.export.saelens import export_saelens
+
+        try:
+            export_saelens(args.run_dir, args.out, force=args.force, quiet=args.quiet)
+        except (ExportError, RunError) as e:
+            raise CommandError(str(e)) from None
+        print(args.out)
+        return 0
     try:
         manifest = export_run(
             args.run_dir,
