@@ -48,6 +48,12 @@ CACHE_REQUESTS = Counter(
     "invalid (an entry that fails validation: recomputed like a miss).",
     ["result"],
 )
+CACHE_WRITES = Counter(
+    "sparsecodes_cache_writes",
+    "Rows handed to the code cache's background writer: ok (stored), error (Redis failed or was slower than the "
+    "write budget), skipped (writes backing off after a failure), dropped (too many rows already queued).",
+    ["result"],
+)
 CONNECTIONS_OPEN = Gauge("sparsecodes_connections_open", "HTTP connections accepted and open now.")
 HTTP_REFUSALS = Counter(
     "sparsecodes_http_refusals",
