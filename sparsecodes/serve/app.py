@@ -262,6 +262,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             app.state.engine = None
             await asyncio.to_thread(app.state.offload.close)
             await engine.close()
+            metrics.worker_exited(os.getpid())
 
     return lifespan
 

@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     grpc_port: int = Field(8001, ge=0, le=65535)
     """Port of the Open Inference Protocol over gRPC (KServe v2 ``GRPCInferenceService``); 0: no gRPC server."""
     workers: int = Field(1, ge=1)
-    """Uvicorn worker processes. Kubernetes deployments keep 1 and scale replicas (metrics are per process)."""
+    """Server processes sharing the port (each with its own micro-batching); ``/metrics`` reports them all."""
     providers: str = "auto"
     """``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), or a comma list such as ``cuda,cpu``."""
     redis_url: str = ""
