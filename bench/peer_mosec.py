@@ -32,7 +32,7 @@ class Encode(Worker):
 if __name__ == "__main__":
     encoder, port, workers = sys.argv[1:4]
     os.environ["PEER_ENCODER"] = encoder
-    sys.argv = [sys.argv[0], "--port", port, "--address", "127.0.0.1", "--log-level", "warning"]
+    sys.argv = [sys.argv[0], "--port", port, "--address", "127.0.0.1", "--log-level", "warning", "--timeout", "30000"]
     server = Server()
     server.append_worker(Encode, num=int(workers), max_batch_size=MAX_BATCH, max_wait_time=MAX_WAIT_MS)
     server.run()

@@ -32,8 +32,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.loadgen import ROOT, free_port, http_request
-from bench.serve import build_bundle_elsewhere, ceiling, encode_requests, load, served, summary
+from bench.loadgen import ROOT, Connection, free_port, http_request
+from bench.serve import build_bundle_elsewhere, ceiling, encode_requests, served, summary
 from sparsecodes import bundle as bundle_io
 from sparsecodes.fsutil import write_json
 from sparsecodes.serve import codec
@@ -89,6 +89,35 @@ def peer(which: str, encoder: Path, workers: int, probe: bytes, log_dir: Path) -
 
 def json_requests(path: str, xs: list[np.ndarray]) -> list[bytes]:
     return [http_request(path, codec.dumps({"inputs": x.tolist()}), codec.JSON_MEDIA_TYPE) for x in xs]
+
+
+# -- HTTP load: bench/serve.py's, except that a failed request is counted, not fatal ----------------------------
+
+ERRORS: dict[str, int] = {}
+"""Non-200 answers (or failed calls) per scenario key, over all rounds."""
+
+
+async def http_load(key: str, port: int, requests: list[bytes], clients: int, duration: float, warmup: float) -> tuple[list[float], float]:
+    async def client(offset: int, until: float, latencies: list[float]) -> None:
+        conn = await Connection.open("127.0.0.1", port)
+        try:
+            i = offset
+            while time.perf_counter() < until:
+                start = time.perf_counter()
+                status, _ = await conn.send(requests[i % len(requests)])
+                if status == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    ERRORS[key] = ERRORS.get(key, 0) + 1
+                i += 1
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(client(c, time.perf_counter() + warmup, []) for c in range(clients)))
+    latencies: list[float] = []
+    start = time.perf_counter()
+    await asyncio.gather(*(client(c, start + duration, latencies) for c in range(clients)))
+    return latencies, time.perf_counter() - start
 
 
 # -- gRPC load (the Open Inference Protocol, raw tensor contents) ----------------------------------------------
@@ -163,8 +192,8 @@ def measure(bundle: Path, workers: int, args: argparse.Namespace, log_dir: Path)
     xs64 = [rng.normal(size=(64, d_in)).astype(np.float32) for _ in range(8)]
     probe = codec.dumps({"inputs": singles[0].tolist()})
 
-    def http(port: int, requests: list[bytes], clients: int) -> Callable[[float], tuple[list[float], float]]:
-        return lambda per: asyncio.run(load(port, requests, clients, per, warmup=0.2))
+    def http(key: str, port: int, requests: list[bytes], clients: int) -> tuple[str, Callable[[float], tuple[list[float], float]]]:
+        return key, lambda per: asyncio.run(http_load(key, port, requests, clients, per, warmup=0.2))
 
     with contextlib.ExitStack() as stack:
         grpc_port = free_port()
@@ -173,14 +202,16 @@ def measure(bundle: Path, workers: int, args: argparse.Namespace, log_dir: Path)
         scenarios: list[Scenario] = []
         for w, (clients, rows) in (("W1", W1), ("W2", W2)):
             xs = singles if rows == 1 else batches
-            scenarios.append((f"sparsecodes_json_{w}", http(ours, encode_requests(name, xs, binary=False), clients), rows))
-            scenarios.append((f"sparsecodes_binary_{w}", http(ours, encode_requests(name, xs, binary=True), clients), rows))
+            scenarios.append((*http(f"sparsecodes_json_{w}", ours, encode_requests(name, xs, binary=False), clients), rows))
+            scenarios.append((*http(f"sparsecodes_binary_{w}", ours, encode_requests(name, xs, binary=True), clients), rows))
             for p, port in ports.items():
-                scenarios.append((f"{p}_{w}", http(port, json_requests(PEERS[p], xs), clients), rows))
+                scenarios.append((*http(f"{p}_{w}", port, json_requests(PEERS[p], xs), clients), rows))
         messages = infer_messages(name, singles)
         scenarios.append(("sparsecodes_grpc_W1", lambda per: asyncio.run(grpc_load(grpc_port, messages, W1[0], per, 0.2)), 1))
         timings = interleave(scenarios, (encoder, xs64), args.rounds, args.duration / args.rounds)
-    return {"workers": workers, "timings": timings, "ratios": ratios(timings)}
+    errors = dict(ERRORS)
+    ERRORS.clear()
+    return {"workers": workers, "timings": timings, "ratios": ratios(timings), "errors": errors}
 
 
 def ratios(t: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -225,7 +256,8 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{_num(r1)} | {_cell(w2, 'rows_per_s')} | {_cell(w2, 'p99_ms')} | {_num(r2)} |")
         c = t["ceiling_64"]
         lines += ["", f"In-process ONNX Runtime at batch 64: {c['rows_per_s']:,.1f} rows/s. "
-                  + "; ".join(f"{k}: {v}" for k, v in r["ratios"].items() if "/ sparsecodes_json" not in k), ""]
+                  + "; ".join(f"{k}: {v}" for k, v in r["ratios"].items() if "/ sparsecodes_json" not in k)
+                  + f". Failed requests (not in the rows/s): {r['errors'] or 'none'}.", ""]
     return "\n".join(lines)
 
 
