@@ -173,8 +173,11 @@ def interleave(scenarios: list[Scenario], ceiling_xs: tuple[Path, list[np.ndarra
             lat, elapsed = fn(per)
             rates.setdefault(key, []).append(len(lat) * rows / elapsed)
             latencies.setdefault(key, []).extend(lat)
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for key in rates:
+        if not latencies[key]:  # every request failed (counted in ERRORS)
+            out[key] = {"requests": 0, "rows_per_s": 0.0, "p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan")}
+            continue
         s = summary(latencies[key], 1.0, 1)
         s["rows_per_s"] = round(float(np.median(rates[key])), 1)
         s["requests"] = len(latencies[key])
@@ -214,17 +217,21 @@ def measure(bundle: Path, workers: int, args: argparse.Namespace, log_dir: Path)
     return {"workers": workers, "timings": timings, "ratios": ratios(timings), "errors": errors}
 
 
+def div(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
 def ratios(t: dict[str, dict[str, float]]) -> dict[str, float]:
     out = {}
     for w in ("W1", "W2"):
         base = t[f"sparsecodes_json_{w}"]["rows_per_s"]
         for key in t:
             if key.endswith(f"_{w}"):
-                out[f"{key} / sparsecodes_json_{w}"] = round(t[key]["rows_per_s"] / base, 3)
+                out[f"{key} / sparsecodes_json_{w}"] = div(t[key]["rows_per_s"], base)
     best_w1 = max(t[k]["rows_per_s"] for k in t if k.startswith("sparsecodes_") and k.endswith("_W1"))
-    out["sparsecodes best W1 / ceiling_64"] = round(best_w1 / t["ceiling_64"]["rows_per_s"], 3)
+    out["sparsecodes best W1 / ceiling_64"] = div(best_w1, t["ceiling_64"]["rows_per_s"])
     if "mosec_W1" in t:
-        out["sparsecodes best W1 / mosec_W1"] = round(best_w1 / t["mosec_W1"]["rows_per_s"], 3)
+        out["sparsecodes best W1 / mosec_W1"] = div(best_w1, t["mosec_W1"]["rows_per_s"])
     return out
 
 
@@ -264,9 +271,14 @@ def markdown(results: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     import platform
 
+    logs = args.out.parent / "peers-logs"  # the peers' own output, kept for a look after a failure
+    logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sparsecodes-peers-") as tmp:
         bundle = args.bundle or build_bundle_elsewhere(Path(tmp) / "main", 384, 4096, 32)
-        runs = [measure(bundle, w, args, Path(tmp)) for w in args.workers]
+        runs = []
+        for w in args.workers:
+            runs.append(measure(bundle, w, args, logs))
+            write_json(args.out.with_suffix(".partial.json"), {"runs": runs})
     results = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "duration_s": args.duration, "rounds": args.rounds, "runs": runs,
