@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install -q -c constraints.txt
 
-.PHONY: help install install-peers install-serve system-deps serve demo first-run-test test test-fast image-test lint format bench clean
+.PHONY: help install install-peers install-serve system-deps serve demo first-run-test test test-fast image-test lint format bench grpc-protos clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -66,6 +66,9 @@ format: install
 
 bench: install  ## every benchmark (several minutes); tables printed, JSON under bench-results/
 	for b in train export serve load; do $(BIN)/sparsecodes bench $$b || exit 1; done
+
+grpc-protos: install  ## regenerate sparsecodes/serve/rpc/oip_pb2.py(i) from oip.proto (commit the result)
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. sparsecodes/serve/rpc/oip.proto
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench-results

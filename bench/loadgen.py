@@ -94,7 +94,11 @@ def start_server(
 
     require_loopback(host)
     port = free_port(host)
-    full_env = {**os.environ, "SPARSECODES_LOG_FORMAT": "json", "SPARSECODES_LOG_LEVEL": "info", **(env or {})}
+    # No gRPC server unless ``env`` names a port for it (the default port would be shared by every server).
+    full_env = {
+        **os.environ, "SPARSECODES_LOG_FORMAT": "json", "SPARSECODES_LOG_LEVEL": "info", "SPARSECODES_GRPC_PORT": "0",
+        **(env or {}),
+    }
     log = open(log_path, "wb")  # noqa: SIM115 (the child writes to it for its whole life)
     proc = subprocess.Popen(
         [sys.executable, "-m", "sparsecodes", "serve", "--models", str(model_dir), "--host", host, "--port", str(port)],

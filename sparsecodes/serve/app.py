@@ -249,6 +249,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         engine = Engine(models, settings, make_cache(settings), load=app.state.in_flight)
         app.state.offload = Offload(settings.parse_workers, engine.executor)
         app.state.engine = engine
+        grpc_server = await _start_grpc(app, settings)
         engine.ready = True
         restore = _flip_readiness_on_sigterm(app)
         log.info("serving %d model(s): %s", len(models), ", ".join(models) or "none")
@@ -256,11 +257,23 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             yield
         finally:
             restore()
+            if grpc_server is not None:
+                await grpc_server.stop(settings.graceful_timeout_s)
             app.state.engine = None
             await asyncio.to_thread(app.state.offload.close)
             await engine.close()
+            metrics.worker_exited(os.getpid())
 
     return lifespan
+
+
+async def _start_grpc(app: FastAPI, settings: Settings) -> Any:
+    """The gRPC side (``SPARSECODES_GRPC_PORT``, 0: none) on this event loop, over the same engine."""
+    if not settings.grpc_port:
+        return None
+    from sparsecodes.serve.rpc import service  # grpc loads only when it is served
+
+    return await service.start(service.State(app.state, lambda: app.state.in_flight), settings)
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:

@@ -98,6 +98,27 @@ def _demo_dir(model_dir: Path) -> Path:
     return model_dir
 
 
+def _share_metrics() -> None:
+    """Prometheus multiprocess mode for the workers: a fresh folder (or the one ``PROMETHEUS_MULTIPROC_DIR``
+    names, emptied of an earlier run's values), set in the environment before any worker imports the metrics,
+    and removed at exit when it was made here."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from sparsecodes.serve.metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return
+    folder = tempfile.mkdtemp(prefix="sparsecodes-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+
 def serve(settings: Settings) -> None:
     """Run uvicorn with ``settings`` until SIGINT/SIGTERM (then in-flight requests finish first)."""
     import uvicorn
@@ -111,4 +132,5 @@ def serve(settings: Settings) -> None:
         return
     # Worker processes build their own app from the environment: hand them these settings through it.
     os.environ.update(settings.env())
+    _share_metrics()
     uvicorn.run("sparsecodes.serve.app:app_from_env", factory=True, workers=settings.workers, **common)

@@ -34,7 +34,13 @@ _INFO_HOLDERS: Counter[tuple[str, str, str, str]] = Counter()
 def make_cache(settings: Settings) -> CodeCache | None:
     """Redis when ``SPARSECODES_REDIS_URL`` is set, else an in-process LRU (``None`` if its size is 0)."""
     if settings.redis_url:
-        return RedisCache(settings.redis_url, settings.cache_ttl_s, settings.cache_timeout_ms / 1000)
+        return RedisCache(
+            settings.redis_url,
+            settings.cache_ttl_s,
+            settings.cache_timeout_ms / 1000,
+            per_key_s=settings.cache_timeout_per_key_ms / 1000,
+            write_timeout_s=settings.cache_write_timeout_ms / 1000,
+        )
     return LRUCache(settings.cache_size) if settings.cache_size > 0 else None
 
 
@@ -162,7 +168,7 @@ class Engine:
         some = len(missing) < len(x)
         fresh = (await self._infer(m, x[missing] if some else x, missing if some else None)).cap(max_active)
         packed = pack_rows(fresh)
-        await self.cache.set_many([(keys[i], blob) for i, blob in zip(missing, packed, strict=True)])
+        self.cache.put_many([(keys[i], blob) for i, blob in zip(missing, packed, strict=True)])
         if len(missing) == len(x):
             return fresh
         for i, blob in zip(missing, packed, strict=True):

@@ -35,6 +35,7 @@ class JsonFormatter(logging.Formatter):
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker, with SPARSECODES_WORKERS > 1
             "message": redact(record.getMessage()),
         }
         for name in FIELDS:

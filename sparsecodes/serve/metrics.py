@@ -2,13 +2,30 @@
 
 Latencies and sizes are histograms (not summaries) so that quantiles aggregate across replicas:
 ``histogram_quantile(0.99, sum by (le) (rate(sparsecodes_request_duration_seconds_bucket[5m])))``.
-Metrics are per process (the default registry); deployments run one worker per pod and scale replicas.
+With one worker the metrics live in the process (the default registry). With ``SPARSECODES_WORKERS > 1``
+``sparsecodes serve`` gives the workers a shared folder (``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's
+multiprocess mode) before they start: each writes its values there, and ``/metrics``, whichever worker
+answers it, reports the sum over the process group (gauges: the sum over live workers; model info: the max).
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (to a folder shared by the workers) before this module is imported: multiprocess mode."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _POW2_BUCKETS = tuple(float(2**i) for i in range(13))  # 1 … 4096
@@ -48,7 +65,15 @@ CACHE_REQUESTS = Counter(
     "invalid (an entry that fails validation: recomputed like a miss).",
     ["result"],
 )
-CONNECTIONS_OPEN = Gauge("sparsecodes_connections_open", "HTTP connections accepted and open now.")
+CACHE_WRITES = Counter(
+    "sparsecodes_cache_writes",
+    "Rows handed to the code cache's background writer: ok (stored), error (Redis failed or was slower than the "
+    "write budget), skipped (writes backing off after a failure), dropped (too many rows already queued).",
+    ["result"],
+)
+CONNECTIONS_OPEN = Gauge(
+    "sparsecodes_connections_open", "HTTP connections accepted and open now.", multiprocess_mode="livesum"
+)
 HTTP_REFUSALS = Counter(
     "sparsecodes_http_refusals",
     "Connections or requests the HTTP server refused before the app saw them: connection_limit (503), "
@@ -62,11 +87,14 @@ BODY_PARSES = Counter(
     "more, in a parse worker process), thread (a large binary body).",
     ["where"],
 )
-REQUESTS_IN_FLIGHT = Gauge("sparsecodes_requests_in_flight", "HTTP requests being handled now.")
+REQUESTS_IN_FLIGHT = Gauge(
+    "sparsecodes_requests_in_flight", "HTTP requests being handled now.", multiprocess_mode="livesum"
+)
 MODEL_INFO = Gauge(
     "sparsecodes_model_info",
     "1 for each loaded model; labels carry its version, kind and the execution provider it runs on.",
     ["model", "version", "kind", "provider"],
+    multiprocess_mode="livemax",
 )
 
 
@@ -99,6 +127,20 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     total.inc(float(values.sum()))
 
 
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
 def exposition() -> tuple[bytes, str]:
-    """The ``/metrics`` body and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The ``/metrics`` body and its content type: this process's metrics, or the whole process group's."""
+    if not multiprocess_mode():
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def worker_exited(pid: int) -> None:
+    """Drop an exiting worker's live gauges from the group's totals (its counters and histograms stay)."""
+    if multiprocess_mode():
+        multiprocess.mark_process_dead(pid)

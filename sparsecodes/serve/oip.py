@@ -52,7 +52,7 @@ async def ready(request: Request) -> Response:
     return json_response({"ready": ok}, status_code=200 if ok else 503)
 
 
-def _metadata(m: ModelRuntime) -> dict[str, Any]:
+def model_metadata_of(m: ModelRuntime) -> dict[str, Any]:
     d_in = m.d_in
     return {
         "name": m.name,
@@ -76,12 +76,12 @@ def _versioned(m: ModelRuntime, version: str | None) -> ModelRuntime:
 
 @router.get("/models/{name}", response_model=ModelMetadata, summary="Model metadata")
 async def model_metadata(name: str, request: Request) -> Response:
-    return json_response(_metadata(engine_of(request).model(name)))
+    return json_response(model_metadata_of(engine_of(request).model(name)))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, summary="Model metadata (one version)")
 async def model_version_metadata(name: str, version: str, request: Request) -> Response:
-    return json_response(_metadata(_versioned(engine_of(request).model(name), version)))
+    return json_response(model_metadata_of(_versioned(engine_of(request).model(name), version)))
 
 
 @router.get("/models/{name}/ready", summary="Model readiness (503 with the reason for a bundle refused at start-up)")

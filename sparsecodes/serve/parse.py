@@ -154,7 +154,7 @@ def _input_x(body: dict[str, Any], d_in: int, max_rows: int) -> np.ndarray:
         raise InvalidInput(f"unknown input {t.get('name')!r}; this model takes one input named 'x'")
     if t.get("datatype") != "FP32":  # FP16/FP64 too: the graph takes float32, and silent casts hide client bugs
         raise InvalidInput(f"input x has datatype {t.get('datatype')!r}; expected FP32")
-    shape = _shape(t.get("shape"), d_in, max_rows)
+    shape = check_infer_shape(t.get("shape"), d_in, max_rows)
     if "data" not in t:
         raise InvalidInput("input x has no 'data' (the binary tensor extension is not supported; send JSON data)")
     data = codec.numbers(t["data"], "x.data") if t["data"] else np.zeros(0)
@@ -163,7 +163,7 @@ def _input_x(body: dict[str, Any], d_in: int, max_rows: int) -> np.ndarray:
     return codec.check_matrix(data.reshape(shape), d_in, "x", max_rows)
 
 
-def _shape(shape: Any, d_in: int, max_rows: int) -> list[int]:
+def check_infer_shape(shape: Any, d_in: int, max_rows: int) -> list[int]:
     """``[n, d_in]`` with ``1 ≤ n ≤ max_rows``, checked before anything is sized from it (``[2**62, 0]``
     once reached NumPy as a shape: a 500)."""
     if not (isinstance(shape, list) and len(shape) == 2 and all(type(s) is int for s in shape)):

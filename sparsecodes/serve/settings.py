@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     """Interface to bind. Containers set ``0.0.0.0``."""
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    """Port of the Open Inference Protocol over gRPC (KServe v2 ``GRPCInferenceService``); 0: no gRPC server."""
     workers: int = Field(1, ge=1)
-    """Uvicorn worker processes. Kubernetes deployments keep 1 and scale replicas (metrics are per process)."""
+    """Server processes sharing the port (each with its own micro-batching); ``/metrics`` reports them all."""
     providers: str = "auto"
     """``auto`` (CUDA when onnxruntime-gpu sees a GPU, else CPU), or a comma list such as ``cuda,cpu``."""
     redis_url: str = ""
@@ -37,7 +39,12 @@ class Settings(BaseSettings):
     cache_size: int = Field(100_000, ge=0)
     """Entries (rows) kept by the in-process LRU cache; 0 disables caching when no Redis is configured."""
     cache_timeout_ms: float = Field(50.0, gt=0)
-    """A Redis call slower than this counts as an error and the request is answered from the model."""
+    """A Redis read (``MGET``) slower than this plus ``cache_timeout_per_key_ms`` per key counts as an error and
+    the request is answered from the model."""
+    cache_timeout_per_key_ms: float = Field(0.2, ge=0)
+    """What each key adds to a Redis call's budget (a 256-row read: 50 + 51 ms by default)."""
+    cache_write_timeout_ms: float = Field(1000.0, gt=0)
+    """Budget of one background batch of cache writes (plus the per-key part); writes never hold a request."""
     batching: bool = True
     """Coalesce concurrent requests for the same model into one ONNX Runtime call."""
     max_batch_size: int = Field(256, ge=1)

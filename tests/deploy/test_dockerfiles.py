@@ -180,7 +180,7 @@ def test_serving_images_check_readiness_and_start_the_service(name: str) -> None
     env = " ".join(final.all("ENV"))
     for setting in ("SPARSECODES_MODEL_DIR=/models", "SPARSECODES_HOST=0.0.0.0", "SPARSECODES_PORT=8000"):
         assert setting in env, setting
-    assert final.all("EXPOSE") == ["8000"]
+    assert final.all("EXPOSE") == ["8000 8001"]  # HTTP, gRPC
     assert final.all("ENTRYPOINT") == ['["sparsecodes"]']
     assert final.all("CMD") == ['["serve"]']
 

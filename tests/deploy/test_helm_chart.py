@@ -320,6 +320,9 @@ def test_probes_use_the_health_endpoints(render: Render) -> None:
     # Session creation and warm-up get minutes, not the liveness probe's seconds.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
     assert [p["containerPort"] for p in api["ports"] if p["name"] == "http"] == [8000]
+    assert [p["containerPort"] for p in api["ports"] if p["name"] == "grpc"] == [8001]
+    no_grpc = api_container(render({"config": {"grpcPort": 0}}))
+    assert [p["name"] for p in no_grpc["ports"]] == ["http"]
 
 
 def test_graceful_shutdown_outlasts_the_drain(render: Render) -> None:
@@ -351,7 +354,8 @@ def test_service_and_pdb_select_the_api_pods(render: Render) -> None:
     service = only(docs, "Service", FULLNAME)
     assert selects(service["spec"]["selector"], pod_labels)
     assert service["spec"]["ports"] == [
-        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
     ]
     pdb = only(docs, "PodDisruptionBudget")
     assert selects(pdb["spec"]["selector"]["matchLabels"], pod_labels)

@@ -63,7 +63,8 @@ def service(demo_bundles: Path, image: dict) -> Iterator[str]:
     port = free_port()
     hardening = shlex.split("--read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges:true")
     settings = shlex.split(
-        f"-e SPARSECODES_HOST=127.0.0.1 -e SPARSECODES_PORT={port} -e SPARSECODES_LOG_FORMAT=text"
+        f"-e SPARSECODES_HOST=127.0.0.1 -e SPARSECODES_PORT={port} -e SPARSECODES_GRPC_PORT={free_port()} "
+        "-e SPARSECODES_LOG_FORMAT=text"
     )
     mounts = ["-v", f"{demo_bundles}:/models:ro", "--label", f"sparsecodes.port={port}"]
     with running("sparsecodes-image-test", IMAGE, *hardening, *settings, *mounts) as name:
@@ -78,7 +79,7 @@ def test_image_metadata(image: dict) -> None:
     config = image["Config"]
     assert config["User"] == SERVICE_USER
     assert config["Entrypoint"] == ["sparsecodes"] and config["Cmd"] == ["serve"]
-    assert "8000/tcp" in config["ExposedPorts"]
+    assert "8000/tcp" in config["ExposedPorts"] and "8001/tcp" in config["ExposedPorts"]
     assert "SPARSECODES_PORT=8000" in config["Env"] and "SPARSECODES_MODEL_DIR=/models" in config["Env"]
     assert "/v2/health/ready" in " ".join(config["Healthcheck"]["Test"])
 

@@ -8,7 +8,6 @@ server refuses, the docs page loading from a CDN)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import socket
@@ -33,36 +32,12 @@ from sparsecodes.serve.app import InFlight, RequestContext
 from sparsecodes.serve.runtime import load_model
 from sparsecodes.serve.settings import Settings
 from tests.support.handmade import build_bundle
+from tests.support.records import Records
 from tests.support.server import RedisProcess, Server, check_error, free_port, run_server
 
 TOPK = "/v1/models/digits-topk"
 OCTET = codec.BINARY_MEDIA_TYPE
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Records(logging.Handler):
-    """Every record of the service's and uvicorn's loggers while attached (the in-thread server shares them)."""
-
-    NAMES = ("sparsecodes", "uvicorn", "uvicorn.error")
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def __enter__(self) -> Records:
-        for name in self.NAMES:
-            logging.getLogger(name).addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name in self.NAMES:
-            logging.getLogger(name).removeHandler(self)
-
-    def errors(self) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
 
 
 def requests_with(server: Server, status: int, route: str = "/v1/models/{name}/encode") -> float:

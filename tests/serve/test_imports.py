@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.loadgen import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
@@ -17,7 +19,7 @@ from sparsecodes.serve.settings import Settings
 import sparsecodes.serve.cli, bench.serve
 from sparsecodes.cli import build_parser
 build_parser(["serve"])
-app = create_app(Settings(model_dir=Path(sys.argv[1])))
+app = create_app(Settings(model_dir=Path(sys.argv[1]), grpc_port=int(sys.argv[2])))  # gRPC served too
 import asyncio, httpx
 async def main():
     async with app.router.lifespan_context(app):
@@ -31,7 +33,7 @@ print("LOADED:" + ",".join(loaded))
 
 def test_service_app_loads_no_torch_or_training(model_dir: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(model_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", PROBE, str(model_dir), str(free_port())], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     ).stdout
     line = next(line for line in out.splitlines() if line.startswith("LOADED:"))
     assert line == "LOADED:", line

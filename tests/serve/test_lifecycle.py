@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_sigterm_flips_readiness_before_uvicorn_shuts_down(model_dir: Path) -> None:
     calls: list[int] = []
     original = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))  # stands in for uvicorn's
-    app = create_app(Settings(model_dir=model_dir, log_level="warning"))
+    app = create_app(Settings(model_dir=model_dir, log_level="warning", grpc_port=0))
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)

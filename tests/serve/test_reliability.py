@@ -108,7 +108,9 @@ def test_redis_killed_during_load_then_restarted(model_dir: Path, redis_process:
 
 @pytest.mark.timeout(60)
 def test_paused_redis_does_not_hold_requests(model_dir: Path, redis_process: RedisProcess) -> None:
-    timeout_ms = 50
+    # A read budget that event-loop delay on 2 busy cores cannot exhaust while Redis is well (50 ms could:
+    # requests then counted cache errors before the pause and the test raced), still far below a hung call.
+    timeout_ms = 200
     with run_server(model_dir=model_dir, redis_url=redis_process.url, cache_timeout_ms=timeout_ms) as s, Load(s.url, pooled_rows()) as load:
         wait_for(lambda: cache_counts(s)["hit"] > 50, 15, "cache hits before the pause")
         assert redis_process.proc is not None
@@ -125,9 +127,11 @@ def test_paused_redis_does_not_hold_requests(model_dir: Path, redis_process: Red
         wait_for(lambda: cache_counts(s)["hit"] > resumed["hit"] + 50, 20, "caching to resume after SIGCONT")
     assert load.failures == [], load.failures[:5]
     assert len(paused) > 50
-    # No request waits on the paused server for more than the cache timeout (plus the model's own time on 2
-    # shared cores): the slowest is far below what a blocking Redis call would cost (forever).
-    assert max(paused) < 1.0, sorted(paused)[-5:]
+    # No request waits on the paused server for more than one read budget (writes are in the background;
+    # after a failed read the reads back off, so most requests do not even try): the slowest is far below what
+    # a blocking Redis call would cost (forever), and the typical request pays nothing for the pause.
+    budget_s = s.settings.cache_timeout_ms / 1000 + s.settings.cache_timeout_per_key_ms / 1000 * 4
+    assert max(paused) < budget_s + 0.8, sorted(paused)[-5:]
     assert float(np.median(paused)) < 0.25
 
 

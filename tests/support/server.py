@@ -46,7 +46,8 @@ class Server:
 @contextmanager
 def run_server(**overrides: Any) -> Iterator[Server]:
     """uvicorn serving ``create_app(Settings(**overrides))`` on a free loopback port, in a thread."""
-    settings = Settings(**{"log_level": "warning", "port": free_port(), **overrides})
+    # No gRPC server unless a test asks for one (on a port of its own: SPARSECODES_GRPC_PORT's default is shared).
+    settings = Settings(**{"log_level": "warning", "port": free_port(), "grpc_port": 0, **overrides})
     app = create_app(settings)
     config = uvicorn.Config(app, **server_options(settings))  # the protocol and limits `sparsecodes serve` uses
     server = uvicorn.Server(config)
@@ -81,7 +82,8 @@ class RedisProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+             "--enable-debug-command", "local"],  # DEBUG SLEEP: a Redis that answers late
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
