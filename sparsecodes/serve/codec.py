@@ -259,7 +259,8 @@ def _float_vector(value: Any, field: str) -> np.ndarray:
             raise InvalidInput(f"{field} must be a flat list of numbers")
     else:
         raise InvalidInput(f"{field} must be a list of numbers or a base64 string")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow to ±inf is reported by check_codes
+        return array.astype(np.float32)
 
 
 def check_codes(codes: SparseCodes, d_served: int, max_rows: int) -> SparseCodes:

@@ -6,22 +6,27 @@ reports as "schema-valid request rejected". So every route with ``{name}`` (and 
 published once per loaded model under its concrete path (``/v1/models/digits-topk/encode``), and the request
 bodies of encode, denoise, decode and ``/v2`` infer are that model's:
 
-* rows: ``minItems = maxItems = d_in`` numbers, at most ``max_rows`` rows;
+* rows: ``minItems = maxItems = d_in`` numbers;
 * every value of magnitude below :data:`~sparsecodes.serve.codec.VALUE_BOUND` (2^49 as float32), which the
   server enforces (422); as JSON numbers that is below ``2^49 - 2^24``, the numbers that do not round up
   to 2^49 as float32;
 * a base64 matrix: a pattern admitting only whole rows of such float32 values (the bound is a condition on
-  each value's top byte, so a regular expression can state it exactly) and a ``maxLength`` of ``max_rows``;
+  each value's top byte, so a regular expression can state it exactly);
 * codes: per-row ``{indices, values}`` with distinct indices in ``[0, d_served)`` and as many values as
   indices, published as one alternative per code length (JSON Schema cannot say "as many as"): every
   length up to :data:`MAX_PUBLISHED_L0`; a one-row CSR object (``indptr`` ``[0, k]``) likewise;
 * ``/v2`` infer: the tensor ``x`` of shape ``[n, d_in]`` for ``n`` up to :data:`MAX_PUBLISHED_V2_ROWS`,
-  with ``n·d_in`` values (flat or as rows).
+  with ``n·d_in`` values (flat or as rows); what the server ignores (an output's parameters, a non-string
+  id) is published as accepted.
 
-What JSON Schema cannot state is described, not published: a CSR batch of several rows (``indptr``'s last
-entry equals the number of indices), base64 code arrays (their indices must be distinct), longer codes and
-larger ``/v2`` batches. Those are accepted by the server as the descriptions say; the schema only admits
-requests the server accepts, so generated clients and fuzzers stay within them.
+What JSON Schema cannot state is described in text, not published as a schema: a CSR batch of several rows
+(``indptr``'s last entry equals the number of indices), base64 code arrays (their indices must be
+distinct), longer codes, larger ``/v2`` batches, and the binary body (safetensors framing; ``format:
+binary`` would declare every byte string valid) with the options it takes as query parameters. The row cap
+(``SPARSECODES_MAX_ROWS``, a 413) is stated in text too: as ``maxItems`` it would make a 413 the answer to
+schema-violating data, which is not a refusal of invalid input but of a size. The server accepts all of
+these as described; the schema admits only requests the server accepts, so generated clients and fuzzers
+stay within them.
 
 With no model loaded the generic, templated operations are published. The schema is built on first use and
 cached; :func:`invalidate_openapi` drops it, and whatever changes the set of served models calls it.
@@ -44,7 +49,7 @@ from sparsecodes.serve import codec, parse
 from sparsecodes.serve.schemas import DecodeOptions, DenoiseOptions, EncodeOptions, InferRequest
 from sparsecodes.serve.web import DOC_MODELS, PROTECTED_PREFIXES
 
-MAX_PUBLISHED_L0 = 32
+MAX_PUBLISHED_L0 = 8
 """Per-row codes are published as one alternative per length up to this (or ``d_served``)."""
 MAX_PUBLISHED_V2_ROWS = 4
 """``/v2`` infer is published for tensors of up to this many rows (the shape must match the data)."""
