@@ -30,7 +30,7 @@ from sparsecodes.serve import codec
 from tests.support.server import Server, check_error, run_server
 
 TOPK = "/v1/models/digits-topk"
-FUZZ_EXAMPLES = int(os.environ.get("SPARSECODES_FUZZ_EXAMPLES", "15"))
+FUZZ_EXAMPLES = int(os.environ.get("SPARSECODES_FUZZ_EXAMPLES", "10"))
 
 
 # -- schemathesis ----------------------------------------------------------------------------------------
