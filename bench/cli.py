@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "export": ("bench.export", "ONNX export: parity and graph speed against PyTorch"),
     "train": ("bench.train", "training throughput of every kind against a plain PyTorch TopK loop"),
+    "shards": ("bench.shards", "training from shard folders: vs in memory, and from a folder 4× larger than RSS"),
     "load": ("bench.load", "60 s of mixed load on loopback: errors, latency, memory growth (--soak: 10 min)"),
     "attack": ("bench.attack", "hostile traffic on loopback: floods, slow clients, huge bodies, SIGTERM (~3 min)"),
 }

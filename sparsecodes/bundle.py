@@ -35,6 +35,8 @@ from sparsecodes.fsutil import write_atomic
 SCHEMA_VERSION = 1
 
 MANIFEST_FILE = "manifest.json"
+DEMO_BUNDLES = Path(__file__).resolve().parent / "serve" / "demo_bundles"
+"""The demo bundles shipped in the package (built by ``sparsecodes demo``; served by ``serve --demo``)."""
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 SPARSE_DECODER_FILE = "decoder_sparse.onnx"

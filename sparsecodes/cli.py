@@ -17,11 +17,15 @@ from sparsecodes.errors import CommandError
 
 # name → (module, one-line help). Order is the order `--help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "activations": (
+        "sparsecodes.train.data.activations",
+        "hidden states of a local transformers model over a corpus, written as training shards",
+    ),
     "train": ("sparsecodes.train.cli", "train a sparse autoencoder on a data set; writes a run folder"),
     "export": ("sparsecodes.export.cli", "export a run folder as a verified ONNX bundle"),
     "serve": ("sparsecodes.serve.cli", "serve the bundles in a model folder over HTTP"),
     "demo": ("sparsecodes.export.demo", "train and export the small demo bundles into a model folder"),
-    "bench": ("bench.cli", "benchmarks: train, export, serve, load (from a repository checkout)"),
+    "bench": ("bench.cli", "benchmarks: train, export, serve, shards, load, attack (from a repository checkout)"),
     "reproduce": ("sparsecodes.train.reproduce", "reproduce a paper's claim end to end (seeded; --quick for CI)"),
 }
 
@@ -69,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         command = next((a for a in argv if not a.startswith("-")), "")
         print(f"sparsecodes {command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # Printed here only, once; a subcommand's interrupt may say what it kept (training: the checkpoint).
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,7 +1,11 @@
-"""Demo bundles for a first run: small models trained and exported in about a minute on 2 CPU cores.
+"""Demo bundles for a first run: small models, trained (seeded) and exported by ``sparsecodes demo``.
 
-``sparsecodes demo`` runs :func:`build_demo_bundles`; ``sparsecodes serve --demo`` runs that command in a child
-process when the model folder holds no bundle.
+The built bundles ship in the package (``sparsecodes/serve/demo_bundles/``, :data:`sparsecodes.bundle.DEMO_BUNDLES`),
+so ``sparsecodes serve --demo`` (``make serve``) needs neither torch nor any training. ``make demo`` rebuilds
+them into a scratch folder and checks (:func:`compare_with_shipped`) that each rebuilt bundle verifies and
+that its re-measured metrics match the shipped manifest's within :data:`TOLERANCES` (training is seeded, but
+float sums differ across BLAS kernels and machines, so the weights are close, not bit-identical).
+To update the shipped bundles: ``sparsecodes demo --models sparsecodes/serve/demo_bundles --force``.
 """
 
 from __future__ import annotations
@@ -83,13 +87,63 @@ def build_demo_bundles(
     return made
 
 
+TOLERANCES: dict[str, tuple[float, float]] = {
+    # metric → (absolute, relative): a rebuilt value v matches the shipped s when |v - s| <= abs + rel·|s|.
+    "fvu": (0.02, 0.10),
+    "mse": (0.02, 0.10),
+    "l0_mean": (0.5, 0.10),
+    "l0_std": (0.5, 0.25),
+}
+"""How close a rebuilt demo bundle's re-measured metrics must be to the shipped ones (``make demo``)."""
+
+
+def compare_with_shipped(built: list[Path], shipped_dir: Path) -> list[str]:
+    """Problems found comparing rebuilt bundles with the shipped ones (empty: they match). Each rebuilt
+    bundle is verified (every file against its manifest's sha256), then its metrics and served width are
+    compared with the shipped manifest's within :data:`TOLERANCES`."""
+    from sparsecodes.bundle import load_manifest
+
+    problems = []
+    for path in built:
+        new = load_manifest(path)  # raises BundleError if a file does not verify
+        shipped_path = shipped_dir / path.name
+        if not (shipped_path / "manifest.json").is_file():
+            problems.append(f"{path.name}: no shipped bundle at {shipped_path}")
+            continue
+        old = load_manifest(shipped_path)
+        if (new.kind, new.d_in, new.d_sae) != (old.kind, old.d_in, old.d_sae):
+            problems.append(f"{path.name}: kind/d_in/d_sae {(new.kind, new.d_in, new.d_sae)} != shipped {(old.kind, old.d_in, old.d_sae)}")
+        for metric, (atol, rtol) in TOLERANCES.items():
+            a, b = getattr(new.metrics, metric), getattr(old.metrics, metric)
+            ok = abs(a - b) <= atol + rtol * abs(b)
+            print(f"{path.name:<18} {metric:<8} rebuilt {a:<10.4g} shipped {b:<10.4g} {'ok' if ok else 'DIFFERS'}")
+            if not ok:
+                problems.append(f"{path.name}: {metric} {a:.4g} vs shipped {b:.4g} (tolerance {atol} + {rtol:.0%})")
+    return problems
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=Path, default=Path("models"), help="model folder to fill")
+    p.add_argument("--models", type=Path, default=Path("models"), help="model folder to fill (default: models)")
+    p.add_argument(
+        "--check-against",
+        type=Path,
+        metavar="DIR",
+        help="after building, verify the bundles and compare their metrics with the bundles in DIR "
+        "(the shipped ones: sparsecodes/serve/demo_bundles); exit 1 if they differ beyond the tolerances",
+    )
     p.add_argument("--force", action="store_true", help="rebuild bundles that already exist")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars while training and exporting")
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in build_demo_bundles(args.models, show_progress=not args.no_progress, force=args.force):
+    built = build_demo_bundles(args.models, show_progress=not args.no_progress, force=args.force)
+    for path in built:
         print(f"bundle ready: {path}")
+    if args.check_against is not None:
+        problems = compare_with_shipped(built, args.check_against)
+        for problem in problems:
+            print(f"demo check: {problem}")
+        if problems:
+            return 1
+        print(f"demo check: the rebuilt bundles verify and match {args.check_against} within the tolerances")
     return 0

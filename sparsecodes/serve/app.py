@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sparsecodes.serve import docs, metrics, oip, openapi, playground_routes, routes
+from sparsecodes.serve import docs, metrics, oip, openapi, playground_routes, repository, routes
 from sparsecodes.serve.engine import Engine, make_cache
 from sparsecodes.serve.errors import (
     ClientClosedRequest,
@@ -279,6 +279,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(oip.health)
     app.include_router(oip.router)
+    app.include_router(repository.router)  # /v2/repository: load, unload, index without a restart
     playground_routes.install(app)  # the web page at / and the endpoints it reads
     docs.install(app)
 

@@ -13,12 +13,24 @@ from pathlib import Path
 import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 ASSETS_URL = "/docs/assets"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
+REDOC_JS = "redoc.standalone.js"
+# ReDoc's bundle draws its "API docs by Redocly" logo from this CDN URL: replaced by the same mark inline.
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+INLINE_LOGO = (
+    b"data:image/svg+xml;utf8,<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 16 16'>"
+    b"<rect width='16' height='16' rx='3' fill='%2332329f'/></svg>"
+)
+
+
+def redoc_bundle() -> bytes:
+    """ReDoc's standalone bundle with its one CDN reference (the attribution logo) inlined."""
+    return (ASSETS_DIR / REDOC_JS).read_bytes().replace(REDOC_CDN_LOGO, INLINE_LOGO)
 
 
 def install(app: FastAPI) -> None:
@@ -49,9 +61,15 @@ def install(app: FastAPI) -> None:
         return get_redoc_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{assets}/redoc.standalone.js",
+            redoc_js_url=f"{root}{assets}/{REDOC_JS}",
             redoc_favicon_url=f"{root}{assets}/favicon.png",
             with_google_fonts=False,
         )
+
+    redoc_js = redoc_bundle()
+
+    @app.get(f"{ASSETS_URL}/{REDOC_JS}", include_in_schema=False)
+    async def redoc_bundle_route() -> Response:  # before the mount, so it wins over the file
+        return Response(redoc_js, media_type="text/javascript", headers={"cache-control": "public, max-age=3600"})
 
     app.mount(ASSETS_URL, StaticFiles(directory=ASSETS_DIR), name="docs-assets")

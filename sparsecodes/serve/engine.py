@@ -57,20 +57,53 @@ class Engine:
         """The code lengths of recently served rows per model (``/v1/models/{name}/stats``)."""
         self.executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="ort")
         self.batchers: dict[str, Batcher[SparseCodes]] = {}
-        for name, m in models.items():
-            if settings.batching:
-                self.batchers[name] = Batcher(
-                    m.encode,
-                    lambda codes, start, stop: codes.rows(start, stop),
-                    executor=self.executor,
-                    max_batch_size=settings.max_batch_size,
-                    max_wait_s=settings.max_wait_ms / 1000,
-                    name=name,
-                    load=load,
-                )
-            key = (name, m.manifest.version, m.manifest.kind, m.provider)
-            _INFO_HOLDERS[key] += 1
-            MODEL_INFO.labels(*key).set(1)
+        self._load = load
+        for m in models.values():
+            self._start_serving(m)
+
+    def _start_serving(self, m: ModelRuntime) -> None:
+        """A batcher and the model-info series for ``m`` (already in ``self.models``)."""
+        name = m.name
+        if self.settings.batching:
+            self.batchers[name] = Batcher(
+                m.encode,
+                lambda codes, start, stop: codes.rows(start, stop),
+                executor=self.executor,
+                max_batch_size=self.settings.max_batch_size,
+                max_wait_s=self.settings.max_wait_ms / 1000,
+                name=name,
+                load=self._load,
+            )
+        key = (name, m.manifest.version, m.manifest.kind, m.provider)
+        _INFO_HOLDERS[key] += 1
+        MODEL_INFO.labels(*key).set(1)
+
+    async def _stop_serving(self, m: ModelRuntime, batcher: Batcher[SparseCodes] | None) -> None:
+        if batcher is not None:
+            await batcher.close()  # what it has queued is still answered, by ``m``
+        key = (m.name, m.manifest.version, m.manifest.kind, m.provider)
+        _INFO_HOLDERS[key] -= 1
+        if _INFO_HOLDERS[key] <= 0:
+            del _INFO_HOLDERS[key]
+            MODEL_INFO.remove(*key)
+
+    async def swap_in(self, m: ModelRuntime) -> ModelRuntime | None:
+        """Serve ``m`` (a verified, warmed-up runtime) under its name from now on; returns the runtime it
+        replaced. Requests that already hold the old runtime finish on it."""
+        old = self.models.get(m.name)
+        old_batcher = self.batchers.pop(m.name, None)
+        self.models[m.name] = m
+        self._start_serving(m)
+        if old is not None:
+            await self._stop_serving(old, old_batcher)
+        return old
+
+    async def remove(self, name: str) -> ModelRuntime:
+        """Stop serving ``name`` (``UnknownModel`` if it is not served); in-flight requests finish."""
+        m = self.model(name)
+        del self.models[name]
+        await self._stop_serving(m, self.batchers.pop(name, None))
+        return m
 
     def model(self, name: str) -> ModelRuntime:
         try:
@@ -82,7 +115,7 @@ class Engine:
     async def _infer(self, m: ModelRuntime, x: np.ndarray, rows: list[int] | None = None) -> SparseCodes:
         """Codes of ``x`` (the request's ``rows``, when only some are computed), refused if not finite."""
         batcher = self.batchers.get(m.name)
-        if batcher is not None:
+        if batcher is not None and batcher.fn == m.encode:  # not a runtime replaced meanwhile (repository load)
             codes = await batcher.submit(x)
         else:
             codes = await asyncio.get_running_loop().run_in_executor(self.executor, m.encode, x)
@@ -170,8 +203,8 @@ class Engine:
         if self.cache is not None:
             await self.cache.close()
         self.executor.shutdown(wait=True)
-        for name, m in self.models.items():
-            key = (name, m.manifest.version, m.manifest.kind, m.provider)
+        for m in self.models.values():
+            key = (m.name, m.manifest.version, m.manifest.kind, m.provider)
             _INFO_HOLDERS[key] -= 1
             if _INFO_HOLDERS[key] <= 0:
                 del _INFO_HOLDERS[key]

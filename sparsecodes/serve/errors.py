@@ -101,6 +101,12 @@ class InferenceFailed(ServiceError):
     type = "inference_error"
 
 
+class ModelLoadFailed(ServiceError):
+    """A repository load whose bundle fails verification or warm-up; the version served before stays."""
+
+    type = "model_load_failed"
+
+
 class InternalError(ServiceError):
     type = "internal_error"
 
@@ -116,6 +122,7 @@ STATUS: dict[type[ServiceError], int] = {
     UnsupportedMediaType: 415,
     InvalidInput: 422,
     UnprocessableOutput: 422,
+    ModelLoadFailed: 422,
     HeaderTooLarge: 431,
     ClientClosedRequest: 499,
     InferenceFailed: 500,

@@ -37,7 +37,7 @@ router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"], response
 async def server_metadata() -> Response:
     from sparsecodes import __version__
 
-    return json_response({"name": SERVER_NAME, "version": __version__, "extensions": []})
+    return json_response({"name": SERVER_NAME, "version": __version__, "extensions": ["model_repository"]})
 
 
 @health.get("/health/live", summary="Liveness: the process answers (never depends on Redis)")

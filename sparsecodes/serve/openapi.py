@@ -49,6 +49,8 @@ from sparsecodes.serve import codec, parse
 from sparsecodes.serve.schemas import DecodeOptions, DenoiseOptions, EncodeOptions, InferRequest
 from sparsecodes.serve.web import DOC_MODELS, PROTECTED_PREFIXES
 
+REPOSITORY_PREFIX = "/v2/repository"
+"""Routes whose ``{name}`` is any bundle in the model folder, loaded or not: published as they are."""
 MAX_PUBLISHED_L0 = 8
 """Per-row codes are published as one alternative per length up to this (or ``d_served``)."""
 MAX_PUBLISHED_V2_ROWS = 4
@@ -113,7 +115,7 @@ def _per_model_paths(paths: dict[str, Any], models: Iterable[Any], max_rows: int
     out: dict[str, Any] = {}
     models = list(models)
     for template, operations in paths.items():
-        if "{name}" not in template:
+        if "{name}" not in template or template.startswith(REPOSITORY_PREFIX):
             out[template] = operations
             continue
         for m in models:

@@ -85,7 +85,7 @@ def binary_response(tensors: dict[str, np.ndarray], metadata: dict[str, str]) ->
 
 # -- auth ----------------------------------------------------------------------------------------------
 
-PROTECTED_PREFIXES = ("/v1/", "/v2/models")
+PROTECTED_PREFIXES = ("/v1/", "/v2/models", "/v2/repository")
 """Paths that need an API key when keys are configured; probes (/v2/health/*), /v2, /metrics and the docs
 stay open so that Kubernetes and Prometheus need no secret."""
 

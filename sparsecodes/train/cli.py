@@ -28,16 +28,53 @@ def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+DEFAULT_EXPANSION_FACTOR = 4.0
+"""``--d-sae`` when not given: this many latents per input dimension."""
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` only where argparse holds the real default. Options left ``None`` (so that
+    ``--config`` can fill them) name their real default in their own help text instead of ``None``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _train_default(name: str) -> str:
+    from sparsecodes.train.config import TrainConfig
+
+    return f"default: {TrainConfig.__dataclass_fields__[name].default}"
+
+
+def _k_defaults() -> str:
+    """``k``'s default per kind, read from the kinds' configs (e.g. ``32 for topk, batchtopk, softsae``)."""
+    import dataclasses
+
+    from sparsecodes.train.models import kinds
+    from sparsecodes.train.models.registry import model_class
+
+    by_value: dict[object, list[str]] = {}
+    for kind in kinds():
+        field = {f.name: f for f in dataclasses.fields(model_class(kind).config_cls)}.get("k")
+        if field is not None and field.default is not dataclasses.MISSING:
+            by_value.setdefault(field.default, []).append(kind)
+    return "; ".join(f"default: {v} for {', '.join(ks)}" for v, ks in by_value.items()) or "no default"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from sparsecodes.train.data import dataset_names
     from sparsecodes.train.models import kinds
 
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    p.formatter_class = DefaultsHelpFormatter
     p.add_argument("--kind", required=True, help=f"model kind: {', '.join(kinds())}")
     p.add_argument(
         "--data",
         required=True,
-        help=f"data set ({', '.join(dataset_names())}) or a file (.npy .npz .safetensors, IDX, CIFAR .bin)",
+        help=f"data set ({', '.join(dataset_names())}), a file (.npy .npz .safetensors, IDX, CIFAR .bin) "
+        "or a shard folder (sparsecodes activations; --data-opt shuffle_rows=, chunk_rows=, eval_rows=)",
     )
     p.add_argument("--out", required=True, type=Path, help="run folder to create")
     p.add_argument(
@@ -46,9 +83,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help='JSON file {"model": {...}, "data": {...}, "train": {...}}; flags override it',
     )
     m = p.add_argument_group("model")
-    m.add_argument("--d-sae", type=int, help="latent width")
     m.add_argument(
-        "--k", type=float, help="target active latents (topk, batchtopk: fixed k; softsae: mean L0 budget)"
+        "--d-sae", type=int, help="latent width (default: --expansion-factor × the data's input width d_in)"
+    )
+    m.add_argument(
+        "--expansion-factor",
+        type=float,
+        default=DEFAULT_EXPANSION_FACTOR,
+        help="latents per input dimension, used when --d-sae is not given",
+    )
+    m.add_argument(
+        "--k",
+        type=float,
+        help=f"target active latents (topk, batchtopk: fixed k; softsae: mean L0 budget; {_k_defaults()})",
     )
     m.add_argument(
         "--set",
@@ -70,14 +117,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--data-opt", action="append", default=[], metavar="KEY=VALUE", help="any other data option"
     )
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
-    t.add_argument("--epochs", type=float, help="passes over the training split")
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="cpu, cuda or cuda:N")
-    t.add_argument("--val-fraction", type=float)
-    t.add_argument("--checkpoint-every", type=int, help="write a resumable checkpoint every N steps")
+    t.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs; default: from --epochs)")
+    t.add_argument("--epochs", type=float, help=f"passes over the training split ({_train_default('epochs')})")
+    t.add_argument("--batch-size", type=int, help=f"rows per optimiser step ({_train_default('batch_size')})")
+    t.add_argument("--lr", type=float, help=f"peak learning rate of Adam ({_train_default('lr')})")
+    t.add_argument(
+        "--seed", type=int, help=f"seed for the split, initialisation and batch order ({_train_default('seed')})"
+    )
+    t.add_argument("--device", help=f"cpu, cuda or cuda:N ({_train_default('device')})")
+    t.add_argument(
+        "--val-fraction", type=float, help=f"share of rows held out for evaluation ({_train_default('val_fraction')})"
+    )
+    t.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="also write a resumable checkpoint every N steps (default: 0, only when interrupted by Ctrl-C)",
+    )
     t.add_argument(
         "--train-opt", action="append", default=[], metavar="KEY=VALUE", help="any other training option"
     )
@@ -145,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
             train=train,
             force=args.force,
             resume=args.resume,
+            expansion_factor=args.expansion_factor,
             show_progress=not args.no_progress,
         )
     except (DataError, RunError, ValueError, TypeError) as e:

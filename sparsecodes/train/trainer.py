@@ -5,7 +5,12 @@ hooks around the optimiser step (decoder renormalisation, gradient projection), 
 tqdm progress with the live loss and L0, determinism under a seed, resumable checkpoints, and
 data-parallel training when launched by ``torchrun`` (gloo on CPU, NCCL on GPU).
 
-What it does not do: mixed precision, gradient accumulation, streaming data sets larger than memory.
+Data larger than memory: ``data`` may be a shard folder (``sparsecodes activations`` writes them;
+:mod:`sparsecodes.train.data.shards`): whole shards are held out, each rank streams its own shards
+through a bounded shuffle buffer, the normalisation comes from one verifying pass over the training
+shards, and ``--resume`` restarts the stream at the checkpoint's step.
+
+What it does not do: mixed precision, gradient accumulation.
 
 Where files go: training writes into ``OUT.partial/`` (checkpoints live there, so an interrupted run can
 ``--resume``) and renames it to ``OUT`` when everything, including the report, is written.
@@ -17,11 +22,15 @@ import json
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
@@ -32,8 +41,10 @@ from sparsecodes.fsutil import replace_dir, write_json
 from sparsecodes.train.config import RunConfig, TrainConfig
 from sparsecodes.train.data import load_dataset
 from sparsecodes.train.data.base import Dataset
+from sparsecodes.train.data.shards import TrainingShards, is_shard_folder
 from sparsecodes.train.evaluate import evaluate
 from sparsecodes.train.models import Progress, SparseAutoencoder, build, make_config
+from sparsecodes.train.models.registry import model_class
 from sparsecodes.train.normalization import Normalizer
 from sparsecodes.train.report import write_report
 from sparsecodes.train.run import (
@@ -95,11 +106,16 @@ def train_run(
     force: bool = False,
     resume: bool = False,
     show_progress: bool = True,
+    expansion_factor: float | None = None,
 ) -> Path:
     """Train ``kind`` on ``data`` and write a run folder at ``out``; returns its path.
 
     ``model`` holds the kind's hyperparameters (``d_sae``, ``k``, ``push_ratio`` …; ``d_in`` comes from
     the data), ``data_options`` the data source's options, ``train`` the loop's (:class:`TrainConfig`).
+    Without ``d_sae``, ``expansion_factor`` sets it to ``round(expansion_factor · d_in)``.
+
+    Ctrl-C (SIGINT) while training writes a checkpoint at the last finished step and raises
+    :class:`TrainingInterrupted`; ``resume=True`` continues from it.
     """
     out = Path(out)
     train_cfg = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(train or {})
@@ -107,34 +123,68 @@ def train_run(
         device = _device(train_cfg.device, info)
         _refuse_existing(out, force, resume, info)
         work = partial_dir(out)
-        dataset = load_dataset(data, **(data_options or {}))
-        train_set, val_set = dataset.split(train_cfg.val_fraction, train_cfg.seed)
-        normalizer = Normalizer.fit(train_set.x)
+        source: torch.Tensor | TrainingShards
+        train_set: Dataset | None
+        if is_shard_folder(data):
+            source = TrainingShards(
+                data,
+                val_fraction=train_cfg.val_fraction,
+                seed=train_cfg.seed,
+                rank=info.rank,
+                world=info.world,
+                all_reduce=_all_reduce_stats if info.world > 1 else None,
+                **(data_options or {}),
+            )
+            train_set, normalizer = None, source.normalizer
+            val_set = Dataset("shards", source.val_x, spec=source.spec())
+            d_in, spec, input_shape = source.d_in, source.spec(), None
+        else:
+            dataset = load_dataset(data, **(data_options or {}))
+            train_set, val_set = dataset.split(train_cfg.val_fraction, train_cfg.seed)
+            normalizer = Normalizer.fit(train_set.x)
+            d_in, spec, input_shape = (
+                dataset.d_in,
+                dataset.spec or {"name": data, **(data_options or {})},
+                dataset.input_shape,
+            )
+            source = torch.from_numpy(normalizer.apply(train_set.x))
         model_options = {k: v for k, v in (model or {}).items() if k not in ("kind", "d_in")}
-        sae_cfg = make_config(kind, d_in=dataset.d_in, **model_options)
+        model_class(kind)  # an unknown kind is named (with the known ones) before any missing option
+        if "d_sae" not in model_options:
+            if not expansion_factor or expansion_factor <= 0:
+                raise ValueError("the model needs a latent width: pass --d-sae N (or --expansion-factor F)")
+            model_options["d_sae"] = max(1, round(expansion_factor * d_in))
+        if info.main:
+            n_train = len(source) if isinstance(source, TrainingShards) else len(train_set)
+            warn_if_too_small(n_train, len(val_set), model_options["d_sae"], train_cfg.batch_size)
+        sae_cfg = make_config(kind, d_in=d_in, **model_options)
         run_cfg = RunConfig(
             kind=kind,
             model=sae_cfg.to_dict(),
-            data=dataset.spec or {"name": data, **(data_options or {})},
+            data=spec,
             train=train_cfg,
             normalization=normalizer.to_dict(),
-            input_shape=list(dataset.input_shape) if dataset.input_shape else None,
+            input_shape=list(input_shape) if input_shape else None,
         )
         torch.manual_seed(train_cfg.seed)
         sae = build(sae_cfg).to(device)
-        x_train = torch.from_numpy(normalizer.apply(train_set.x))
         if resume:
             check_resume_config(work, run_cfg)
         if info.main:
             work.mkdir(parents=True, exist_ok=True)
             write_json(work / CONFIG_FILE, run_cfg.to_dict())
         try:
-            history = fit(sae, x_train, train_cfg, work, info, resume=resume, show_progress=show_progress)
+            history = fit(sae, source, train_cfg, work, info, resume=resume, show_progress=show_progress)
+            if isinstance(source, TrainingShards):  # what each rank actually read, for the run's record
+                run_cfg.data["read_by_rank"] = _gather_names(source.read, info)
             if info.main:
                 _finish(sae, run_cfg, normalizer, train_set, val_set, history, work, out, force)
+        except TrainingInterrupted:
+            raise
         except KeyboardInterrupt:
-            if info.main:
-                print(f"interrupted: checkpoint kept in {work}; rerun with --resume to continue")
+            # Before the first step (or in a distributed run): no checkpoint to resume from.
+            if info.main and not resume:
+                shutil.rmtree(work, ignore_errors=True)
             raise
         except BaseException:
             # Bad input or a crash: leave nothing half-written behind (checkpoints only survive interrupts).
@@ -142,6 +192,52 @@ def train_run(
                 shutil.rmtree(work, ignore_errors=True)
             raise
     return out
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says where the checkpoint is and how to resume."""
+
+
+MIN_HELDOUT_ROWS = 20
+"""Fewer held-out rows than this and the run's metrics (fvu, L0, probe accuracy) mean little."""
+
+
+def warn_if_too_small(n_train: int, n_val: int, d_sae: int, batch_size: int) -> None:
+    """One warning line on stderr when the data are too small for the model: fewer training rows than
+    latents (the model can memorise them) or too few held-out rows for the metrics."""
+    problems = []
+    if n_train < d_sae:
+        problems.append(f"{n_train} training rows for {d_sae} latents (the model can memorise them)")
+    if n_val < MIN_HELDOUT_ROWS:
+        problems.append(f"{n_val} held-out rows (fewer than {MIN_HELDOUT_ROWS}: fvu and L0 are unreliable)")
+    if problems:
+        hint = "use more rows or a smaller --d-sae" + (
+            f" (each step reuses the whole set: batch {batch_size} > {n_train} rows)" if batch_size > n_train else ""
+        )
+        print(f"warning: the data are too small for the model: {'; '.join(problems)}; {hint}", file=sys.stderr)
+
+
+class _StopAtStepBoundary:
+    """While active, the first SIGINT only sets a flag that the loop reads between steps, so the checkpoint
+    it then writes is consistent (never half an optimiser step); a second SIGINT interrupts at once."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def __enter__(self) -> _StopAtStepBoundary:
+        if self.enabled:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _refuse_existing(out: Path, force: bool, resume: bool, info: DistInfo) -> None:
@@ -157,7 +253,7 @@ def _finish(
     sae: SparseAutoencoder,
     run_cfg: RunConfig,
     normalizer: Normalizer,
-    train_set: Dataset,
+    train_set: Dataset | None,
     val_set: Dataset,
     history: History,
     work: Path,
@@ -210,7 +306,7 @@ def lr_lambda(cfg: TrainConfig, total: int):
 
 def fit(
     sae: SparseAutoencoder,
-    x_train: torch.Tensor,
+    x_train: torch.Tensor | TrainingShards,
     cfg: TrainConfig,
     work: Path,
     info: DistInfo,
@@ -218,19 +314,37 @@ def fit(
     resume: bool = False,
     show_progress: bool = True,
 ) -> History:
-    """Optimise ``sae`` on normalised rows ``x_train [N, d_in]``; returns the logged history."""
+    """Optimise ``sae`` on normalised rows ``x_train [N, d_in]`` (or streamed from training shards);
+    returns the logged history."""
     device = next(sae.parameters()).device
     total = plan_steps(cfg, len(x_train))
     local_batch = max(1, cfg.batch_size // info.world)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sae.init_from_data_(x_train[torch.randperm(len(x_train), generator=gen)[: cfg.batch_size]].to(device))
+    if isinstance(x_train, TrainingShards):
+        sae.init_from_data_(torch.from_numpy(x_train.head(cfg.batch_size)).to(device))
+    else:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        sae.init_from_data_(x_train[torch.randperm(len(x_train), generator=gen)[: cfg.batch_size]].to(device))
     optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total))
     history, start = History(), 0
     if resume:
         start, history = load_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler)
     net = DistributedDataParallel(sae, find_unused_parameters=True) if info.world > 1 else sae
-    batches = BatchStream(len(x_train), cfg.batch_size, seed=cfg.seed + 1, skip=start)
+    if isinstance(x_train, TrainingShards):
+        stream = x_train.stream(local_batch, seed=cfg.seed + 1, skip=start)
+        mean = torch.from_numpy(x_train.normalizer.mean).to(device)
+        scale = x_train.normalizer.scale
+        rows = stream.batches()
+        next_batch = lambda: (next(rows).to(device, non_blocking=True) - mean) / scale  # noqa: E731
+    else:
+        stream = None
+        batches = BatchStream(len(x_train), cfg.batch_size, seed=cfg.seed + 1, skip=start)
+        tensor = x_train
+
+        def next_batch() -> torch.Tensor:
+            idx = batches.next()[info.rank * local_batch : (info.rank + 1) * local_batch]
+            return tensor[idx].to(device, non_blocking=True)
+
     bar = tqdm(
         range(start, total),
         total=total,
@@ -240,16 +354,27 @@ def fit(
         dynamic_ncols=True,
     )
     log_every = max(1, total // 200)
-    for step in bar:
-        idx = batches.next()[info.rank * local_batch : (info.rank + 1) * local_batch]
-        x = x_train[idx].to(device, non_blocking=True)
-        logged = step % log_every == 0 or step == total - 1
-        parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total, log=logged))
-        if logged:
-            history.log(step, parts)
-            bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and info.main:
-            save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step + 1, history)
+    # Distributed runs keep Python's default (every rank must stop at the same step to checkpoint).
+    try:
+        with _StopAtStepBoundary(info.world == 1) as stop:
+            for step in bar:
+                if stop.requested:
+                    bar.close()
+                    save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step, history)
+                    raise TrainingInterrupted(
+                        f"checkpoint at step {step} of {total} in {work}; rerun with --resume to continue"
+                    )
+                x = next_batch()
+                logged = step % log_every == 0 or step == total - 1
+                parts = train_step(net, sae, x, optimizer, scheduler, cfg, Progress(step, total, log=logged))
+                if logged:
+                    history.log(step, parts)
+                    bar.set_postfix({k: f"{parts[k]:.4g}" for k in ("loss", "l0", "k_hat") if k in parts})
+                if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total and info.main:
+                    save_checkpoint(work / CHECKPOINT_DIR, sae, optimizer, scheduler, step + 1, history)
+    finally:
+        if stream is not None:
+            stream.close()  # stops the prefetch thread
     bar.close()
     return history
 
@@ -345,9 +470,7 @@ def check_resume_config(work: Path, run_cfg: RunConfig) -> None:
     saved = read_config(work)
     if saved.kind != run_cfg.kind:
         raise RunError(f"{work / CONFIG_FILE}: checkpoint is of kind {saved.kind!r}, not {run_cfg.kind!r}")
-    changed = {
-        k: (saved.model.get(k), v) for k, v in run_cfg.model.items() if saved.model.get(k) != v
-    }
+    changed = {k: (saved.model.get(k), v) for k, v in run_cfg.model.items() if saved.model.get(k) != v}
     if changed:
         what = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in sorted(changed.items()))
         raise RunError(f"{work / CONFIG_FILE}: the model differs from the checkpoint's ({what})")
@@ -365,6 +488,23 @@ def _device(name: str, info: DistInfo) -> torch.device:
     elif name != "cpu":
         raise RunError(f"unknown device {name!r}; expected cpu, cuda or cuda:N")
     return torch.device(name)
+
+
+def _all_reduce_stats(n: int, sx: np.ndarray, sq: float, failed: bool) -> tuple[int, np.ndarray, float, int]:
+    """Sum (rows, Σx, Σ‖x‖², refusals) over the ranks (float64)."""
+    t = torch.from_numpy(np.concatenate([[float(n), sq, float(failed)], sx]))
+    dist.all_reduce(t)
+    a = t.numpy()
+    return int(a[0]), a[3:], float(a[1]), int(a[2])
+
+
+def _gather_names(names: set[str], info: DistInfo) -> list[list[str]]:
+    """Each rank's set of names, sorted, in rank order."""
+    if info.world == 1:
+        return [sorted(names)]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, sorted(names))
+    return out
 
 
 @contextmanager

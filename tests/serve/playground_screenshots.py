@@ -1,7 +1,7 @@
 """Regenerate the README's playground screenshots (``docs/images/playground-*.png``) from real bundles.
 
-Usage: ``python -m tests.service.playground_screenshots MODEL_DIR`` where MODEL_DIR holds the demo bundles
-(``sparsecodes serve --demo`` builds them; or ``sparsecodes.export.demo.build_demo_bundles(MODEL_DIR)``), i.e.
+Usage: ``python -m tests.serve.playground_screenshots MODEL_DIR`` where MODEL_DIR holds the demo bundles
+(the shipped ones: ``sparsecodes/serve/demo_bundles``; ``sparsecodes demo`` rebuilds them), i.e.
 ``digits-sosae`` and ``manifold-softsae``. Uses Debian's chromium through Playwright, like the tests.
 """
 

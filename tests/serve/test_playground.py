@@ -277,3 +277,51 @@ def test_api_key_mode_asks_for_a_key_then_works(browser: Any, playground_dir: Pa
         assert p.bars() == encode(s, name, row, headers=auth)["l0"][0]
         assert p.page.locator("#card-plots img").count() >= 1  # fetched with the key, not <img src>
         p.page.close()
+
+
+def test_stats_text_claims_varying_l0_only_when_the_rows_seen_differ(browser: Any, pg_server: Server) -> None:
+    """The playground said "different inputs use different numbers of latents" even when every row it had
+    seen used the same number; the page's own renderer is given both kinds of histogram."""
+    p = Page(browser, f"{pg_server.url}/#model={VECTOR}")
+    p.page.wait_for_selector("#examples .example")
+    p.settled()
+    stats = {"rows": 3, "window": 1000, "rows_total": 3, "l0_mean": 5}
+    p.page.evaluate("s => renderStats(s)", {**stats, "histogram": {"l0": [5], "count": [3]}})
+    same = p.page.inner_text("#stats-text")
+    assert "every row used 5 latents" in same and "different" not in same, same
+    p.page.evaluate("s => renderStats(s)", {**stats, "histogram": {"l0": [4, 6], "count": [1, 2]}})
+    assert "different inputs use different numbers of latents" in p.page.inner_text("#stats-text")
+    assert p.errors == []
+    p.page.close()
+
+
+def test_docs_render_the_operations_with_no_network(browser: Any, pg_server: Server) -> None:
+    """/docs (Swagger UI) and /redoc render every operation from this server's own assets while every
+    request to any other origin is refused (a machine or cluster without internet access)."""
+    refused: list[str] = []
+    context = browser.new_context()
+
+    def offline(route: Any) -> None:
+        if route.request.url.startswith(pg_server.url):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", offline)
+    operations = sum(
+        1
+        for path in httpx.get(f"{pg_server.url}/openapi.json").json()["paths"].values()
+        for method in path
+        if method in ("get", "post", "put", "delete", "patch")
+    )
+    page = context.new_page()
+    page.goto(f"{pg_server.url}/docs")
+    page.wait_for_selector(".opblock", timeout=15_000)
+    assert page.locator(".opblock").count() == operations > 10
+    assert "/v2/models/{name}/infer" in page.inner_text("#swagger-ui")
+    page.goto(f"{pg_server.url}/redoc")
+    page.wait_for_selector("[data-section-id^='operation/'], [id^='operation/']", state="attached", timeout=15_000)
+    assert page.locator("[id^='operation/']").count() >= operations
+    assert refused == [], refused
+    context.close()

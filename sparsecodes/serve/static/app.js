@@ -628,7 +628,7 @@ function renderStats(stats) {
     bar.append(svg("title", {}, `L0 ${v}: ${count[k]} rows`));
     chart.append(bar);
   });
-  $("stats-text").textContent = `Last ${stats.rows} rows served by this process (window ${stats.window}, ${stats.rows_total} since start), mean L0 ${formatNumber(stats.l0_mean)}: different inputs use different numbers of latents.`;
+  $("stats-text").textContent = `Last ${stats.rows} rows served by this process (window ${stats.window}, ${stats.rows_total} since start), mean L0 ${formatNumber(stats.l0_mean)}: ${l0.length > 1 ? "different inputs use different numbers of latents" : `every row used ${l0[0]} latents`}.`;
 }
 
 // -- randomness (seeded, so the noise and the screenshots are reproducible) --------------------------------
