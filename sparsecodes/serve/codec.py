@@ -132,10 +132,12 @@ def numbers(value: Any, field: str) -> np.ndarray:
     return array
 
 
-def _holds_bool(value: list) -> bool:
-    """Whether a list of numbers (or of rows) holds true/false, which NumPy would quietly make 1 and 0."""
+def _holds_bool(value: Any) -> bool:
+    """Whether a number, a list of numbers or of rows holds true/false, which NumPy would quietly make 1 and 0."""
+    if not isinstance(value, list):
+        return isinstance(value, bool)
     if value and isinstance(value[0], list):
-        return any(bool in set(map(type, row)) for row in value)
+        return any(_holds_bool(row) for row in value)
     return bool in set(map(type, value))
 
 

@@ -141,6 +141,15 @@ def test_values_beyond_the_bound_are_refused(server: Server, where: str) -> None
             check_error(send(value), 422, "invalid_input", "magnitude below 2**49")
 
 
+@pytest.mark.parametrize("data", [5, True, [[0.5] * 64, 1], [[False] + [0.5] * 63]])
+def test_v2_data_that_is_not_rows_of_numbers_is_a_422(server: Server, data: object) -> None:
+    """Found by the long fuzz: a scalar ``data`` reached the boolean scan of number lists and was a 500."""
+    v2 = {"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": data}]}
+    with server.client() as c:
+        response = c.post("/v2/models/digits-topk/infer", json=v2)
+    assert response.status_code == 422, response.text
+
+
 def test_parse_workers_run_at_a_lower_cpu_priority(server: Server) -> None:
     """A large JSON body is parsed in a worker process that runs niced (PARSE_NICENESS above the server),
     so the event loop answering other clients preempts it."""
