@@ -20,13 +20,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sparsecodes.serve import docs, metrics, oip, playground_routes, repository, routes
+from sparsecodes.serve import docs, metrics, oip, openapi, playground_routes, repository, routes
 from sparsecodes.serve.engine import Engine, make_cache
 from sparsecodes.serve.errors import (
     ClientClosedRequest,
@@ -43,7 +42,7 @@ from sparsecodes.serve.http.offload import Offload
 from sparsecodes.serve.logs import configure_logging
 from sparsecodes.serve.runtime import load_models, resolve_providers
 from sparsecodes.serve.settings import Settings
-from sparsecodes.serve.web import DOC_MODELS, PROTECTED_PREFIXES, ApiKeyAuth, json_response
+from sparsecodes.serve.web import ApiKeyAuth, json_response
 
 log = logging.getLogger("sparsecodes.app")
 
@@ -250,6 +249,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
         app.state.offload = Offload(settings.parse_workers, engine.executor)
         app.state.engine = engine
         grpc_server = await _start_grpc(app, settings)
+        openapi.invalidate_openapi(app)  # the schema describes each loaded model
         engine.ready = True
         restore = _flip_readiness_on_sigterm(app)
         log.info("serving %d model(s): %s", len(models), ", ".join(models) or "none")
@@ -260,6 +260,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             if grpc_server is not None:
                 await grpc_server.stop(settings.graceful_timeout_s)
             app.state.engine = None
+            openapi.invalidate_openapi(app)
             await asyncio.to_thread(app.state.offload.close)
             await engine.close()
             metrics.worker_exited(os.getpid())
@@ -274,30 +275,6 @@ async def _start_grpc(app: FastAPI, settings: Settings) -> Any:
     from sparsecodes.serve.rpc import service  # grpc loads only when it is served
 
     return await service.start(service.State(app.state, lambda: app.state.in_flight), settings)
-
-
-def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The generated schema plus the request models of the endpoints that read their bodies themselves."""
-
-    def build() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in DOC_MODELS:
-                doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(doc.pop("$defs", {}))
-                components[model.__name__] = doc
-            schema["components"]["securitySchemes"] = {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "A key from SPARSECODES_API_KEYS, when set."}
-            }
-            for path, operations in schema["paths"].items():
-                if path.startswith(PROTECTED_PREFIXES):
-                    for operation in operations.values():
-                        operation["security"] = [{"apiKey": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    return build
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -334,7 +311,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         known_models=lambda: getattr(getattr(app.state, "engine", None), "models", {}),
         in_flight=app.state.in_flight,
     )
-    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    openapi.install(app)  # per-model operations, rebuilt when the models change
     return app
 
 

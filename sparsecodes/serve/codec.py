@@ -29,6 +29,12 @@ from sparsecodes.serve.errors import InvalidInput, MalformedBody, PayloadTooLarg
 BINARY_MEDIA_TYPE = "application/octet-stream"
 JSON_MEDIA_TYPE = "application/json"
 
+VALUE_BOUND = 2.0**49
+"""Every input value (rows, code values) must be of magnitude below this as float32 (about 5.6e14), or the
+request is a 422. Real activations are nowhere near it; values near float32's limit (3.4e38) overflow inside
+the model. As a condition on a float32's exponent field (< 176) the published schema can state it exactly,
+even for base64 arrays (``sparsecodes/serve/openapi.py``)."""
+
 _ST_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "U8": "u1"}
 _ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
 
@@ -121,9 +127,18 @@ def numbers(value: Any, field: str) -> np.ndarray:
         array = np.array(value)
     except ValueError:
         raise InvalidInput(f"{field} has rows of different lengths (ragged); every row must have the same length") from None
-    if array.dtype.kind not in "fiu":
+    if array.dtype.kind not in "fiu" or _holds_bool(value):
         raise InvalidInput(f"{field} must hold only numbers (found {_first_non_number(value)})")
     return array
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether a number, a list of numbers or of rows holds true/false, which NumPy would quietly make 1 and 0."""
+    if not isinstance(value, list):
+        return isinstance(value, bool)
+    if value and isinstance(value[0], list):
+        return any(_holds_bool(row) for row in value)
+    return bool in set(map(type, value))
 
 
 def _first_non_number(value: Any) -> str:
@@ -132,7 +147,7 @@ def _first_non_number(value: Any) -> str:
         v = stack.pop()
         if isinstance(v, list):
             stack.extend(reversed(v))
-        elif type(v) not in (int, float):
+        elif type(v) not in (int, float) or isinstance(v, bool):
             return f"{type(v).__name__} {v!r}"[:60]
     return "a value that is not a number"
 
@@ -175,7 +190,14 @@ def check_matrix(x: np.ndarray, d: int, field: str, max_rows: int) -> np.ndarray
     if not finite.all():
         row, col = map(int, np.argwhere(~finite)[0])
         raise InvalidInput(f"{field}[{row}][{col}] is {x[row, col]} (NaN or ±Inf as float32); values must be finite")
+    big = np.abs(x) >= VALUE_BOUND
+    if big.any():
+        row, col = map(int, np.argwhere(big)[0])
+        raise InvalidInput(f"{field}[{row}][{col}] is {x[row, col]:.7g}; values must be finite and of magnitude below {_BOUND_TEXT}")
     return x
+
+
+_BOUND_TEXT = "2**49 ≈ 5.6e14 (as float32)"
 
 
 # -- sparse codes --------------------------------------------------------------------------------------
@@ -215,6 +237,11 @@ def _int_vector(value: Any, dtype: str, field: str) -> np.ndarray:
     if not isinstance(value, list):
         raise InvalidInput(f"{field} must be a list of integers or a base64 string")
     array = numbers(value, field) if value else np.zeros(0, np.int64)
+    if array.ndim == 1 and array.dtype.kind == "f" and np.all(np.mod(array, 1) == 0):
+        # 28.0 is the integer 28 in JSON (and in the schema's "type": "integer"); the range check below follows.
+        if np.abs(array).max() >= 2.0**63:
+            raise InvalidInput(f"{field} holds {array[np.argmax(np.abs(array))]:.7g}, outside the {np.dtype(dtype).name} range")
+        array = array.astype(np.int64)
     if array.ndim != 1 or array.dtype.kind not in "iu":
         raise InvalidInput(f"{field} must be a flat list of integers")
     limits = np.iinfo(dtype)
@@ -234,7 +261,8 @@ def _float_vector(value: Any, field: str) -> np.ndarray:
             raise InvalidInput(f"{field} must be a flat list of numbers")
     else:
         raise InvalidInput(f"{field} must be a list of numbers or a base64 string")
-    return array.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow to ±inf is reported by check_codes
+        return array.astype(np.float32)
 
 
 def check_codes(codes: SparseCodes, d_served: int, max_rows: int) -> SparseCodes:
@@ -261,6 +289,10 @@ def check_codes(codes: SparseCodes, d_served: int, max_rows: int) -> SparseCodes
     if not np.isfinite(values).all():
         i = int(np.argmax(~np.isfinite(values)))
         raise InvalidInput(f"codes row {rows[i]} has value {values[i]} at index {indices[i]}; values must be finite")
+    big = np.abs(values) >= VALUE_BOUND
+    if big.any():
+        i = int(np.argmax(big))
+        raise InvalidInput(f"codes row {rows[i]} has value {values[i]:.7g} at index {indices[i]}; values must be of magnitude below {_BOUND_TEXT}")
     order = np.lexsort((indices, rows))
     indices, values = indices[order], values[order]
     dup = (np.diff(indices) == 0) & (np.diff(rows) == 0)

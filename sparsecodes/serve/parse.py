@@ -193,6 +193,8 @@ def _max_active(body: dict[str, Any]) -> int | None:
     value = params.get("max_active") if isinstance(params, dict) else None
     if value is None:
         return None
+    if type(value) is float and value.is_integer():
+        value = int(value)  # 3.0 is the integer 3 in JSON Schema, and in /v1 (the schema says "integer")
     if type(value) is not int or value < 1:
         raise InvalidInput(f"parameter max_active must be a positive integer, got {value!r}"[:200])
     return value

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Request, Response
 from sparsecodes import bundle
 from sparsecodes.errors import BundleError
 from sparsecodes.serve.errors import InvalidInput, ModelLoadFailed, UnknownModel
+from sparsecodes.serve.openapi import invalidate_openapi
 from sparsecodes.serve.runtime import _without_paths, bundle_folders, load_model, resolve_providers
 from sparsecodes.serve.web import ERROR_RESPONSES, engine_of, json_response
 
@@ -153,6 +154,7 @@ async def load(name: str, request: Request) -> Response:
                 f"bundle folder {folder.name!r} holds model {runtime.name!r}, not {name!r}{keeps}"
             )
         await engine.swap_in(runtime)
+        invalidate_openapi(request.app)  # the published schema describes the models served now
         getattr(request.app.state, "problems", {}).pop(str(folder), None)
     log.info(
         "loaded model %s version %s (was %s) in %.2fs",
@@ -175,5 +177,6 @@ async def unload(name: str, request: Request) -> Response:
     engine = engine_of(request)
     async with _lock(request):
         m = await engine.remove(name)
+        invalidate_openapi(request.app)
     log.info("unloaded model %s version %s", name, m.manifest.version)
     return json_response({"name": name, "version": m.manifest.version})

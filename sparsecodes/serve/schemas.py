@@ -33,6 +33,16 @@ def _not_bool(value: Any) -> Any:
 MaxActive = Annotated[int | None, BeforeValidator(_not_bool)]
 
 
+def _not_number(value: Any) -> Any:
+    # JSON 0 or 1 is not a boolean (pydantic's lax mode would make it one); the query string's "true" is.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("must be a boolean (true or false), not a number")
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_not_number)]
+
+
 class _Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,7 +50,7 @@ class _Options(BaseModel):
 class EncodeOptions(_Options):
     """Options of ``encode`` (JSON body fields, or query parameters with a binary body)."""
 
-    return_reconstruction: bool = Field(False, description="Also return x_hat and each row's reconstruction_error.")
+    return_reconstruction: Flag = Field(False, description="Also return x_hat and each row's reconstruction_error.")
     max_active: MaxActive = Field(
         None, ge=1, description="Keep at most this many largest-magnitude entries per row (caps L0): the caller's rate–quality knob."
     )

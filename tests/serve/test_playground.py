@@ -92,10 +92,11 @@ def test_examples_plots_and_stats_endpoints(pg_server: Server) -> None:
     for value, count in zip(*np.unique(l0, return_counts=True), strict=True):
         assert hist[int(value)] >= count
     spec = httpx.get(f"{pg_server.url}/openapi.json").json()
-    for path in ("/v1/models/{name}/examples", "/v1/models/{name}/plots/{plot}", "/v1/models/{name}/stats"):
+    name = httpx.get(f"{pg_server.url}/v1/models").json()["models"][0]["name"]  # per-model operations
+    for path in (f"/v1/models/{name}/examples", f"/v1/models/{name}/plots/{{plot}}", f"/v1/models/{name}/stats"):
         assert path in spec["paths"], path
     assert (
-        "image/png" in spec["paths"]["/v1/models/{name}/plots/{plot}"]["get"]["responses"]["200"]["content"]
+        "image/png" in spec["paths"][f"/v1/models/{name}/plots/{{plot}}"]["get"]["responses"]["200"]["content"]
     )
 
 
