@@ -42,8 +42,8 @@ def test_identity_reconstruction_keeps_the_embedding_and_the_floors_do_not(minil
     for splice in ("all", "heldout"):
         assert r[splice]["cosine"] == pytest.approx(1.0, abs=1e-5), (splice, r)
         assert r[splice]["recovered"] == pytest.approx(1.0, abs=1e-3)
-    if layer < 6:  # at the last layer an ablated token still leaves the others' states in the mean
-        assert r["all"]["cosine_zero_ablated"] < 0.9 and r["all"]["cosine_mean_ablated"] < 0.9
+    # (at layers other than the run's, the "mean" fill is layer 3's mean: just some constant state)
+    assert r["all"]["cosine_zero_ablated"] < 0.9 and r["all"]["cosine_mean_ablated"] < 0.9
     assert r["heldout"]["cosine_mean_ablated"] < 1 - 1e-4
     assert r["heldout"]["cosine_mean_ablated"] > r["all"]["cosine_mean_ablated"]  # fewer tokens replaced
 
