@@ -67,7 +67,9 @@ def run_chunks(run: LoadedRun, max_chunks: int = MAX_CHUNKS) -> Chunks:
     starts = np.cumsum([0, *map(len, ids)])
     masks = [held[a:b] for a, b in zip(starts[:-1], starts[1:], strict=True)]
     candidates = [j for j, m in enumerate(masks) if m.any()]
-    pick = np.unique(np.linspace(0, len(candidates) - 1, min(max_chunks, len(candidates))).round().astype(int))
+    pick = np.unique(
+        np.linspace(0, len(candidates) - 1, min(max_chunks, len(candidates))).round().astype(int)
+    )
     chosen = [candidates[j] for j in pick]
     return Chunks([ids[j] for j in chosen], [masks[j] for j in chosen])
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from sparsecodes.train.config import TrainConfig
-from sparsecodes.train.data import load_dataset
 from sparsecodes.train.trainer import train_run, with_kind_defaults
 
 
@@ -20,24 +19,26 @@ def trained(tmp_path: Path, kind: str, data: str, data_options: dict[str, Any] |
 
 
 def test_user_options_win_over_the_kind_defaults() -> None:
-    ds = load_dataset("subspaces", n=200)
-    model, train = with_kind_defaults("vaease", ds, {"d_sae": 20, "hidden": [8]}, {"lr": 0.5})
+    model, train = with_kind_defaults("vaease", 40, 180, {"d_sae": 20, "hidden": [8]}, {"lr": 0.5})
     assert model == {"d_sae": 20, "hidden": [8]}
     assert train == {"steps": 2000, "batch_size": 1024, "lr": 0.5, "lr_schedule": "cosine_restarts"}
     # A user's epochs must not lose to a default step count (steps wins over epochs in TrainConfig).
-    _, train = with_kind_defaults("vaease", ds, {"d_sae": 20}, {"epochs": 3})
+    _, train = with_kind_defaults("vaease", 40, 180, {"d_sae": 20}, {"epochs": 3})
     assert "steps" not in train and TrainConfig.from_dict(train).epochs == 3
     # Wider latents than inputs: the activation setting (one hidden layer of 2·d_sae, lr 5e-3).
-    model, train = with_kind_defaults("vaease", ds, {"d_sae": 64}, None)
+    model, train = with_kind_defaults("vaease", 40, 180, {"d_sae": 64}, None)
     assert model["hidden"] == [128] and train["lr"] == 5e-3
     # Data size scales the step count; a ready TrainConfig is taken as it is.
-    _, train = with_kind_defaults("sosae", load_dataset("subspaces", n=100_000), {"d_sae": 8}, {})
+    _, train = with_kind_defaults("sosae", 40, 100_000, {"d_sae": 8}, {})
     assert train["steps"] == 5 * 100_000 // 128 + 1
     cfg = TrainConfig(steps=7)
-    assert with_kind_defaults("softsae", ds, {"d_sae": 64, "k": 4}, cfg)[1] is cfg
+    assert with_kind_defaults("softsae", 40, 180, {"d_sae": 64, "k": 4}, cfg)[1] is cfg
     # Kinds without defaults, and a d_sae the config will reject, pass through untouched.
-    assert with_kind_defaults("topk", ds, {"d_sae": 64, "k": 4}, {"lr": 1e-3}) == ({"d_sae": 64, "k": 4}, {"lr": 1e-3})
-    assert with_kind_defaults("sosae", ds, {"d_sae": "wide"}, None) == ({"d_sae": "wide"}, {})
+    assert with_kind_defaults("topk", 40, 180, {"d_sae": 64, "k": 4}, {"lr": 1e-3}) == (
+        {"d_sae": 64, "k": 4},
+        {"lr": 1e-3},
+    )
+    assert with_kind_defaults("sosae", 40, 180, {"d_sae": "wide"}, None) == ({"d_sae": "wide"}, {})
 
 
 @pytest.mark.slow

@@ -34,7 +34,9 @@ def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("layer", [0, 3, 6])
-def test_identity_reconstruction_keeps_the_embedding_and_the_floors_do_not(minilm_run: Path, layer: int) -> None:
+def test_identity_reconstruction_keeps_the_embedding_and_the_floors_do_not(
+    minilm_run: Path, layer: int
+) -> None:
     run = load_run(minilm_run)
     chunks = run_chunks(run, max_chunks=4)
     r = fidelity(chunks, layer, lambda h: h.copy(), run.normalizer.mean)
