@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("sparsecodes.export.cli", "export a run folder as a verified ONNX bundle"),
     "serve": ("sparsecodes.serve.cli", "serve the bundles in a model folder over HTTP"),
     "demo": ("sparsecodes.export.demo", "train and export the small demo bundles into a model folder"),
-    "bench": ("bench.cli", "benchmarks: train, export, serve, load, attack (from a repository checkout)"),
+    "bench": ("bench.cli", "benchmarks: train, export, serve, shards, load, attack (from a repository checkout)"),
     "reproduce": ("sparsecodes.train.reproduce", "reproduce a paper's claim end to end (seeded; --quick for CI)"),
 }
 
