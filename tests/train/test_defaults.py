@@ -21,7 +21,7 @@ def trained(tmp_path: Path, kind: str, data: str, data_options: dict[str, Any] |
 def test_user_options_win_over_the_kind_defaults() -> None:
     model, train = with_kind_defaults("vaease", 40, 180, {"d_sae": 20, "hidden": [8]}, {"lr": 0.5})
     assert model == {"d_sae": 20, "hidden": [8]}
-    assert train == {"steps": 2000, "batch_size": 1024, "lr": 0.5, "lr_schedule": "cosine_restarts"}
+    assert train == {"steps": 3000, "batch_size": 1024, "lr": 0.5, "lr_schedule": "cosine_restarts"}
     # A user's epochs must not lose to a default step count (steps wins over epochs in TrainConfig).
     _, train = with_kind_defaults("vaease", 40, 180, {"d_sae": 20}, {"epochs": 3})
     assert "steps" not in train and TrainConfig.from_dict(train).epochs == 3
