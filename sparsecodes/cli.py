@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hidden states of a local transformers model over a corpus, written as training shards",
     ),
     "train": ("sparsecodes.train.cli", "train a sparse autoencoder on a data set; writes a run folder"),
+    "evaluate": ("sparsecodes.train.evaluate_cli", "evaluate a run folder again (--downstream: minilm fidelity)"),
     "export": ("sparsecodes.export.cli", "export a run folder as a verified ONNX bundle"),
     "import": ("sparsecodes.export.import_cli", "import an SAE saved by SAELens, sparsify or dictionary_learning as a verified bundle"),
     "serve": ("sparsecodes.serve.cli", "serve the bundles in a model folder over HTTP"),

@@ -154,8 +154,12 @@ def train_run(
             if not expansion_factor or expansion_factor <= 0:
                 raise ValueError("the model needs a latent width: pass --d-sae N (or --expansion-factor F)")
             model_options["d_sae"] = max(1, round(expansion_factor * d_in))
+        n_train = len(source) if isinstance(source, TrainingShards) else len(train_set)
+        # The kind's defaults (docs/methods.md, "Defaults") never set what was used above (device, split).
+        model_options, train_opts = with_kind_defaults(kind, d_in, n_train, model_options, train)
+        if not isinstance(train, TrainConfig):
+            train_cfg = TrainConfig.from_dict(train_opts)
         if info.main:
-            n_train = len(source) if isinstance(source, TrainingShards) else len(train_set)
             warn_if_too_small(n_train, len(val_set), model_options["d_sae"], train_cfg.batch_size)
         sae_cfg = make_config(kind, d_in=d_in, **model_options)
         run_cfg = RunConfig(
@@ -238,6 +242,31 @@ class _StopAtStepBoundary:
     def __exit__(self, *exc: object) -> None:
         if self.enabled and not self.requested:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def with_kind_defaults(
+    kind: str,
+    d_in: int,
+    n_rows: int,
+    model: dict[str, Any],
+    train: dict[str, Any] | TrainConfig | None,
+) -> tuple[dict[str, Any], dict[str, Any] | TrainConfig]:
+    """The user's model and training options over the kind's :meth:`SparseAutoencoder.defaults` for this
+    data (``d_in``, the given ``d_sae``, ``n_rows`` training rows). What the user set always wins; a
+    user's ``epochs`` also drops a default ``steps`` (which would otherwise win over it). A ready
+    :class:`TrainConfig` is taken as it is."""
+    d_sae = model.get("d_sae")
+    if not isinstance(d_sae, int) or isinstance(d_sae, bool) or d_sae <= 0:
+        return model, train if isinstance(train, TrainConfig) else dict(train or {})  # the config says why
+    found = model_class(kind).defaults(d_in, d_sae, n_rows)
+    model = {**found.get("model", {}), **model}
+    if isinstance(train, TrainConfig):
+        return model, train
+    user = dict(train or {})
+    kind_train = dict(found.get("train", {}))
+    if user.get("epochs") is not None and "steps" not in user:
+        kind_train.pop("steps", None)
+    return model, {**kind_train, **user}
 
 
 def _refuse_existing(out: Path, force: bool, resume: bool, info: DistInfo) -> None:

@@ -68,13 +68,20 @@ class Dataset:
 
     def split(self, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         """A seeded random (train, held-out) split."""
-        if not 0 < val_fraction < 1:
-            raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        n_val = max(1, round(len(self) * val_fraction))
-        if n_val >= len(self):
-            raise DataError(f"data set {self.name!r} has {len(self)} rows: too few to hold out {n_val}")
-        perm = np.random.default_rng(seed).permutation(len(self))
-        return self.subset(np.sort(perm[n_val:])), self.subset(np.sort(perm[:n_val]))
+        train, val = split_indices(len(self), val_fraction, seed, self.name)
+        return self.subset(train), self.subset(val)
+
+
+def split_indices(n: int, val_fraction: float, seed: int, name: str = "data") -> tuple[np.ndarray, np.ndarray]:
+    """Sorted row indices ``(train, held_out)`` of :meth:`Dataset.split` for ``n`` rows (the one
+    definition: downstream evaluation finds a run's held-out tokens with it)."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise DataError(f"data set {name!r} has {n} rows: too few to hold out {n_val}")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
 def check_finite(x: np.ndarray, source: str) -> None:

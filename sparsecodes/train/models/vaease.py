@@ -20,7 +20,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +145,25 @@ class VAEase(SparseAutoencoder):
     cfg: VAEaseConfig
     gated: ClassVar[bool] = True
     """Decode ``(1 − σ) ⊙ z`` (VAEase) rather than ``z`` (VAE)."""
+
+    @classmethod
+    def defaults(cls, d_in: int, d_sae: int, n_rows: int) -> dict[str, dict[str, Any]]:
+        """The authors' two settings (docs/methods.md, "VAEase", reference settings), picked by shape:
+        a latent no wider than the input (the synthetic sets) gets the 4-layer encoder of width
+        ``d_in`` at lr 1e-2; a wider one (a dictionary on activations) one hidden layer of width
+        ``2 · d_sae`` at lr 5e-3. Both: batch 1,024, cosine restarts stepped per batch, at least 3,000
+        steps (10 epochs when the data is larger): shorter runs stay collapsed on the prior."""
+        batch = 1024
+        hidden, lr = ([d_in] * 3, 1e-2) if d_sae <= d_in else ([2 * d_sae], 5e-3)
+        return {
+            "model": {"hidden": hidden},
+            "train": {
+                "steps": max(3000, math.ceil(10 * n_rows / batch)),
+                "batch_size": batch,
+                "lr": lr,
+                "lr_schedule": "cosine_restarts",
+            },
+        }
 
     def __init__(self, cfg: VAEaseConfig) -> None:
         super().__init__(cfg)
