@@ -33,7 +33,7 @@ from sparsecodes.train.config import RunConfig, TrainConfig
 from sparsecodes.train.data import load_dataset
 from sparsecodes.train.data.base import Dataset
 from sparsecodes.train.evaluate import evaluate
-from sparsecodes.train.models import Progress, SparseAutoencoder, build, make_config
+from sparsecodes.train.models import Progress, SparseAutoencoder, build, make_config, model_class
 from sparsecodes.train.normalization import Normalizer
 from sparsecodes.train.report import write_report
 from sparsecodes.train.run import (
@@ -102,15 +102,16 @@ def train_run(
     the data), ``data_options`` the data source's options, ``train`` the loop's (:class:`TrainConfig`).
     """
     out = Path(out)
-    train_cfg = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(train or {})
+    dataset = load_dataset(data, **(data_options or {}))
+    model_options = {k: v for k, v in (model or {}).items() if k not in ("kind", "d_in")}
+    model_options, train = with_kind_defaults(kind, dataset, model_options, train)
+    train_cfg = train if isinstance(train, TrainConfig) else TrainConfig.from_dict(train)
     with distributed(train_cfg.device) as info:
         device = _device(train_cfg.device, info)
         _refuse_existing(out, force, resume, info)
         work = partial_dir(out)
-        dataset = load_dataset(data, **(data_options or {}))
         train_set, val_set = dataset.split(train_cfg.val_fraction, train_cfg.seed)
         normalizer = Normalizer.fit(train_set.x)
-        model_options = {k: v for k, v in (model or {}).items() if k not in ("kind", "d_in")}
         sae_cfg = make_config(kind, d_in=dataset.d_in, **model_options)
         run_cfg = RunConfig(
             kind=kind,
@@ -142,6 +143,30 @@ def train_run(
                 shutil.rmtree(work, ignore_errors=True)
             raise
     return out
+
+
+def with_kind_defaults(
+    kind: str,
+    dataset: Dataset,
+    model: dict[str, Any],
+    train: dict[str, Any] | TrainConfig | None,
+) -> tuple[dict[str, Any], dict[str, Any] | TrainConfig]:
+    """The user's model and training options over the kind's :meth:`SparseAutoencoder.defaults` for this
+    data (``d_in``, the given ``d_sae``, the row count). What the user set always wins; a user's
+    ``epochs`` also drops a default ``steps`` (which would otherwise win over it). A ready
+    :class:`TrainConfig` is taken as it is."""
+    d_sae = model.get("d_sae")
+    if not isinstance(d_sae, int) or isinstance(d_sae, bool) or d_sae <= 0:
+        return model, train if isinstance(train, TrainConfig) else dict(train or {})  # the config says why
+    found = model_class(kind).defaults(dataset.d_in, d_sae, len(dataset))
+    model = {**found.get("model", {}), **model}
+    if isinstance(train, TrainConfig):
+        return model, train
+    user = dict(train or {})
+    kind_train = dict(found.get("train", {}))
+    if user.get("epochs") is not None and "steps" not in user:
+        kind_train.pop("steps", None)
+    return model, {**kind_train, **user}
 
 
 def _refuse_existing(out: Path, force: bool, resume: bool, info: DistInfo) -> None:

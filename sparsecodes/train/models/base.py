@@ -152,6 +152,14 @@ class SparseAutoencoder(nn.Module):
         return self.decode_from_input(h + b)
 
     # -- optional hooks --------------------------------------------------------------------------------
+    @classmethod
+    def defaults(cls, d_in: int, d_sae: int, n_rows: int) -> dict[str, dict[str, Any]]:
+        """Settings this kind needs to reproduce its claim when the user gives only ``d_sae`` (and ``k``):
+        ``{"model": {...}, "train": {...}}``, scaled by the input width, the latent width and the data
+        set's row count where the method needs it (docs/methods.md, "Defaults"). ``train_run`` fills
+        them in under whatever the user set; the config dataclasses' own defaults lie beneath both."""
+        return {"model": {}, "train": {}}
+
     def served_prefix(self, activity: Tensor | np.ndarray) -> int | None:
         """How many leading latents this model serves, given each latent's held-out ``activity [d_sae]``
         (share of rows where it is active): ``None`` (the default) when any latent may be served, or a
