@@ -197,29 +197,30 @@ class _LapSumTopK(torch.autograd.Function):
         if m >= n:
             slow = torch.arange(B, device=a.device)
             idx = u = None
-            p = a_d.new_zeros(a.shape, dtype=torch.float64)
+            p = torch.zeros_like(a_d)
         else:
             _, idx, u, ok = _fast_threshold(a_d, k64, alpha, m)
-            p = torch.zeros(a.shape, dtype=torch.float64, device=a.device).scatter_(-1, idx, _laplace_cdf(u))
+            # Dense buffers in a's dtype: only the [B, m] window is float64.
+            p = torch.zeros_like(a_d).scatter_(-1, idx, _laplace_cdf(u).to(a.dtype))
             slow = (~ok).nonzero().squeeze(-1)  # one host sync
         u_slow = None
         if len(slow):
             a_slow = a_d.index_select(0, slow).double()
             t_slow = _threshold(a_slow, k64.index_select(0, slow), alpha)
             u_slow = (a_slow - t_slow.unsqueeze(-1)) / alpha
-            p.index_copy_(0, slow, _laplace_cdf(u_slow))
+            p.index_copy_(0, slow, _laplace_cdf(u_slow).to(a.dtype))
         ctx.save_for_backward(idx, u, slow, u_slow)
         ctx.shape = a.shape
-        return p.to(a.dtype)
+        return p
 
     @staticmethod
     def backward(ctx, grad_p: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:  # type: ignore[override]
         idx, u, slow, u_slow = ctx.saved_tensors
         alpha = ctx.alpha
-        g = grad_p.double()
+        g = grad_p
         want_a, want_k = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_a = torch.zeros(ctx.shape, dtype=torch.float64, device=g.device) if want_a else None
-        grad_k = g.new_zeros(ctx.shape[0]) if want_k else None
+        grad_a = torch.zeros(ctx.shape, dtype=ctx.a_dtype, device=g.device) if want_a else None
+        grad_k = g.new_zeros(ctx.shape[0], dtype=torch.float64) if want_k else None
 
         def rows(u: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
             pdf = 0.5 * torch.exp(-u.abs())
@@ -228,19 +229,19 @@ class _LapSumTopK(torch.autograd.Function):
             return (g_pdf - w * g_pdf.sum(-1, keepdim=True)) / alpha, (g * w).sum(-1)
 
         if idx is not None:
-            ga, gk = rows(u, g.gather(-1, idx))
+            ga, gk = rows(u, g.gather(-1, idx).double())
             if want_a:
-                grad_a.scatter_(-1, idx, ga)
+                grad_a.scatter_(-1, idx, ga.to(ctx.a_dtype))
             if want_k:
                 grad_k = gk
         if u_slow is not None:
-            ga, gk = rows(u_slow, g.index_select(0, slow))
+            ga, gk = rows(u_slow, g.index_select(0, slow).double())
             if want_a:
-                grad_a.index_copy_(0, slow, ga)
+                grad_a.index_copy_(0, slow, ga.to(ctx.a_dtype))
             if want_k:
                 grad_k = grad_k.index_copy(0, slow, gk)
         return (
-            grad_a.to(ctx.a_dtype) if want_a else None,
+            grad_a,
             grad_k.to(ctx.k_dtype) if want_k else None,
             None,
             None,
