@@ -252,6 +252,7 @@ def test_topk_defaults_to_wsd_and_the_kaiming_scale_encoder(tmp_path: Path) -> N
         )
         cfg = json.loads((out / "config.json").read_text())
         assert cfg["train"]["lr_schedule"] == schedule
+        assert cfg["train"]["lr"] == (3e-3 if kind == "topk" else 1e-3)
         assert cfg["model"]["encoder_init_scale"] == pytest.approx(scale)
     sae = build(make_config("topk", d_in=ds.d_in, d_sae=16, k=2))
     torch.testing.assert_close(sae.W_enc.norm(dim=1), torch.full((16,), 1 / 3**0.5))

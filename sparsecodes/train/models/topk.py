@@ -19,6 +19,8 @@ from sparsecodes.train.models.base import Progress, StepOutput, row_mse, topk_ma
 from sparsecodes.train.models.linear import LinearSAE, LinearSAEConfig
 from sparsecodes.train.models.registry import register
 
+TOPK_LR = 3e-3
+"""TopK's default peak learning rate (with the ``wsd`` schedule)."""
 KAIMING_ROW_NORM = 1 / math.sqrt(3)
 """Row norm of ``nn.Linear``'s default (Kaiming-uniform) init, ``U(±1/√d_in)`` per entry: ``√(1/3)``."""
 
@@ -48,14 +50,12 @@ class TopKSAE(LinearSAE):
 
     @classmethod
     def defaults(cls, d_in: int, d_sae: int, n_rows: int) -> dict[str, dict[str, Any]]:
-        """TopK trains with warmup-stable-decay (docs/reproduction.md, "TopK against a peer library");
-        its subclasses (BatchTopK) keep their own defaults."""
+        """TopK trains with warmup-stable-decay at lr 3e-3 (docs/reproduction.md, "TopK against a peer
+        library"); its subclasses (BatchTopK) keep their own defaults."""
         found = super().defaults(d_in, d_sae, n_rows)
         if cls is TopKSAE:
-            found = {
-                "model": dict(found.get("model", {})),
-                "train": {"lr_schedule": "wsd", **found.get("train", {})},
-            }
+            train = {"lr_schedule": "wsd", "lr": TOPK_LR, **found.get("train", {})}
+            found = {"model": dict(found.get("model", {})), "train": train}
         return found
 
     def forward(
