@@ -23,8 +23,15 @@ from sparsecodes.train.config import TrainConfig
 from sparsecodes.train.models import Progress, build, kinds, make_config, model_class
 from sparsecodes.train.trainer import lr_lambda, train_step
 
-TARGETS = {"topk": ("reference", 1.25), "vaease": ("topk", 1.5), "softsae": ("topk", 3.0)}
+TARGETS = {
+    "topk": ("reference", 1.1),
+    "vaease": ("topk", 1.5),
+    "vaease-linear": ("topk", 1.5),
+    "softsae": ("topk", 2.0),
+}
 """kind → (what it is compared with, the largest allowed slowdown)."""
+VARIANTS = {"vaease-linear": ("vaease", {"hidden": []})}
+"""Bench-only rows: a kind with other options (VAEase with linear heads on x, no hidden layer)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def kinds_for_bench() -> list[str]:
-    return kinds()
+    return [*kinds(), *VARIANTS]
 
 
 class ReferenceTopK(torch.nn.Module):
@@ -74,10 +81,11 @@ def make_stepper(name: str, args: argparse.Namespace, x: torch.Tensor):
             opt.step()
 
         return step
-    options: dict[str, Any] = {"d_sae": args.d_sae}
-    if "k" in {f.name for f in dataclasses.fields(model_class(name).config_cls)}:
+    kind, extra = VARIANTS.get(name, (name, {}))
+    options: dict[str, Any] = {"d_sae": args.d_sae, **extra}
+    if "k" in {f.name for f in dataclasses.fields(model_class(kind).config_cls)}:
         options["k"] = args.k
-    sae = build(make_config(name, d_in=args.d_in, **options))
+    sae = build(make_config(kind, d_in=args.d_in, **options))
     sae.init_from_data_(x)
     cfg = TrainConfig(steps=10_000, epochs=None, batch_size=args.batch_size)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)

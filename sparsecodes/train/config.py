@@ -7,7 +7,7 @@ from typing import Any
 
 from sparsecodes import __version__
 
-LR_SCHEDULES = ("linear", "cosine_restarts")
+LR_SCHEDULES = ("linear", "cosine_restarts", "wsd")
 
 
 @dataclass
@@ -28,7 +28,11 @@ class TrainConfig:
     """Final learning rate as a share of ``lr``."""
     lr_schedule: str = "linear"
     """``"linear"``: warm-up then linear decay. ``"cosine_restarts"``: cosine annealing with warm restarts
-    stepped per batch (SGDR), the VAEase reference setting (docs/methods.md)."""
+    stepped per batch (SGDR), the VAEase reference setting (docs/methods.md). ``"wsd"``: warm-up, then the
+    peak rate held constant, then a linear decay to ``lr_end_frac · lr`` over the last ``decay_frac`` of
+    steps (warmup-stable-decay; TopK's default, docs/reproduction.md "TopK against a peer library")."""
+    decay_frac: float = 0.2
+    """``wsd``: share of steps, at the end, over which the rate decays."""
     restart_period: int = 10
     """Cosine restarts: steps in the first cycle (T_0)."""
     restart_mult: int = 2
@@ -61,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not 0 < self.decay_frac <= 1:
+            raise ValueError(f"decay_frac must be in (0, 1], got {self.decay_frac}")
         if self.restart_period < 1 or self.restart_mult < 1:
             raise ValueError("restart_period and restart_mult must be >= 1")
         if not 0 < self.val_fraction < 1:

@@ -110,3 +110,19 @@ def test_state_dict_round_trip(kind: str, tmp_path) -> None:
     x = torch.randn(8, D_IN)
     with torch.no_grad():
         assert torch.equal(fresh.encode(x), model.encode(x))
+
+
+def test_linear_pre_acts_fold_the_centre_into_the_bias() -> None:
+    # W_enc(x − b_dec) + b_enc is computed as W_enc x + (b_enc − W_enc b_dec): same values and gradients.
+    torch.manual_seed(0)
+    sae = build(make_config("topk", d_in=12, d_sae=40, k=3)).double()
+    sae.b_dec.data.normal_()
+    sae.b_enc.data.normal_()
+    x = torch.randn(7, 12, dtype=torch.float64)
+    direct = (x - sae.b_dec) @ sae.W_enc.t() + sae.b_enc
+    torch.testing.assert_close(sae.pre_acts(x), direct)
+    g = torch.randn(7, 40, dtype=torch.float64)
+    got = torch.autograd.grad((sae.pre_acts(x) * g).sum(), [sae.W_enc, sae.b_enc, sae.b_dec])
+    want = torch.autograd.grad((direct * g).sum(), [sae.W_enc, sae.b_enc, sae.b_dec])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)

@@ -133,3 +133,74 @@ def test_scalar_k_applies_to_every_row() -> None:
 def test_bad_input_is_rejected_with_a_clear_error(a, k, alpha, message) -> None:
     with pytest.raises(ValueError, match=message):
         soft_topk(a, k, alpha)
+
+
+# -- the fast path (top-m window) against the full solve ---------------------------------------------------
+
+
+def _values_and_grads(a: torch.Tensor, k: torch.Tensor, alpha: float, fast: bool, g: torch.Tensor):
+    a = a.detach().clone().requires_grad_()
+    k = k.detach().clone().requires_grad_()
+    p = soft_topk(a, k, alpha, fast=fast)
+    (p * g).sum().backward()
+    return p.detach(), a.grad, k.grad
+
+
+def _post_relu_rows(B: int, n: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    # SoftSAE-like rows: ReLU of pre-activations, many exact zeros.
+    g = torch.Generator().manual_seed(seed)
+    return torch.relu(torch.randn(B, n, generator=g) * 0.3).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [1e-4, 1e-3, 1e-2, 0.3])
+def test_fast_path_matches_the_full_solve(alpha: float, dtype: torch.dtype) -> None:
+    B, n = 64, 1024
+    a = _post_relu_rows(B, n, seed=5, dtype=dtype)
+    gen = torch.Generator().manual_seed(6)
+    k = (1 + torch.rand(B, generator=gen) * 40).to(dtype)
+    k[:4] = torch.tensor([1.0, 8.0, 32.0, 40.5])  # integer targets too
+    g = torch.randn(B, n, generator=gen).to(dtype)
+    fast = _values_and_grads(a, k, alpha, True, g)
+    full = _values_and_grads(a, k, alpha, False, g)
+    # Gradients scale like 1/α; compare them at that scale.
+    for got, want, atol in zip(fast, full, (1e-5, 1e-5 / alpha, 1e-5), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(fast[0].sum(-1), k, rtol=0, atol=1e-4)
+
+
+def test_fast_path_falls_back_per_row() -> None:
+    # Row 0: a clear gap below its top entries (fast). Row 1: all tied, row 2: every entry within a
+    # few α of the others (the window cannot hold the threshold's support: both take the full solve).
+    n = 512
+    a = _post_relu_rows(3, n, seed=7, dtype=torch.float64)
+    a[0, :10] += 5.0
+    a[1] = 1.0
+    a[2] = 0.5 + 1e-4 * a[2]
+    k = torch.tensor([4.5, 3.0, 3.25], dtype=torch.float64)
+    from sparsecodes.train.models import lapsum
+
+    _, _, _, ok = lapsum._fast_threshold(a, k, 1e-4, lapsum._window(n, k))
+    assert ok.tolist() == [True, False, False]
+    g = torch.randn(3, n, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    fast = _values_and_grads(a, k, 1e-4, True, g)
+    full = _values_and_grads(a, k, 1e-4, False, g)
+    for got, want in zip(fast, full, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[0][1], torch.full((n,), 3.0 / n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 0.05])
+def test_gradcheck_float64_through_the_fast_path(alpha: float) -> None:
+    # n large enough that the window (4⌈k⌉ + 16) is a strict subset of the row.
+    from sparsecodes.train.models import lapsum
+
+    a = _post_relu_rows(2, 48, seed=9, dtype=torch.float64)
+    a[:, :3] += torch.tensor([[2.0, 2.1, 2.25], [1.5, 1.7, 1.75]], dtype=torch.float64)
+    k = torch.tensor([1.5, 2.4], dtype=torch.float64)
+    n = a.shape[1]
+    _, _, _, ok = lapsum._fast_threshold(a, k, alpha, lapsum._window(n, k))
+    assert lapsum._window(n, k) < n and ok.all()
+    assert torch.autograd.gradcheck(
+        lambda a, k: soft_topk(a, k, alpha), (a.requires_grad_(), k.requires_grad_())
+    )

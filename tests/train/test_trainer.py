@@ -219,3 +219,41 @@ def test_two_process_data_parallel_training_with_torchrun(tmp_path: Path) -> Non
     run = load_run(out)
     assert run.config.train.batch_size == 128
     assert json.loads((out / "metrics.json").read_text())["l0_mean"] <= 4
+
+
+def test_wsd_schedule_warms_up_holds_then_decays() -> None:
+    from sparsecodes.train.trainer import lr_lambda
+
+    cfg = TrainConfig(steps=100, epochs=None, lr_schedule="wsd", warmup_frac=0.1, decay_frac=0.2)
+    f = [lr_lambda(cfg, 100)(s) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(v == 1.0 for v in f[9:81])  # stable until the last 20 steps
+    assert all(a > b for a, b in zip(f[80:], f[81:], strict=False)) and f[99] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="decay_frac"):
+        TrainConfig(decay_frac=0.0)
+
+
+def test_topk_defaults_to_wsd_and_the_kaiming_scale_encoder(tmp_path: Path) -> None:
+    # The user's choice wins over the kind's default; BatchTopK keeps its own (linear, unit rows).
+    ds = load_dataset("subspaces", n=300, seed=0)
+    for kind, train, schedule, scale in [
+        ("topk", {}, "wsd", 1 / 3**0.5),
+        ("topk", {"lr_schedule": "linear"}, "linear", 1 / 3**0.5),
+        ("batchtopk", {}, "linear", 1.0),
+    ]:
+        out = train_run(
+            kind,
+            "subspaces",
+            tmp_path / f"{kind}-{schedule}",
+            model={"d_sae": 16, "k": 2},
+            data_options={"n": 300, "seed": 0},
+            train={"steps": 2, "epochs": None, **train},
+            show_progress=False,
+        )
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["train"]["lr_schedule"] == schedule
+        assert cfg["train"]["lr"] == (3e-3 if kind == "topk" else 1e-3)
+        assert cfg["model"]["encoder_init_scale"] == pytest.approx(scale)
+    sae = build(make_config("topk", d_in=ds.d_in, d_sae=16, k=2))
+    torch.testing.assert_close(sae.W_enc.norm(dim=1), torch.full((16,), 1 / 3**0.5))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.t() / 3**0.5)

@@ -23,6 +23,8 @@ class BatchTopKConfig(TopKConfig):
     """Step size of θ's running estimate: θ ← θ + r·(m − θ) with ``r = max(threshold_lr, 1/n)`` for the
     n-th update, i.e. the plain mean of the first ``1/threshold_lr`` batches, then an EMA (Bussmann et
     al. use the EMA with 0.01; the mean start spares θ a long climb from its zero init)."""
+    encoder_init_scale: float = 1.0
+    """Unit encoder rows at init: TopK's retuned init (and schedule) were not measured on BatchTopK."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

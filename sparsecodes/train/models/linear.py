@@ -29,6 +29,8 @@ class LinearSAEConfig(SAEConfig):
     """Weight of the AuxK loss (0 disables it). Only kinds with a unit-norm dictionary use it."""
     dead_steps: int = 200
     """A latent that has not fired for this many optimiser steps counts as dead for AuxK."""
+    encoder_init_scale: float = 1.0
+    """At init ``W_enc = encoder_init_scale · W_decᵀ`` (unit-norm atoms, so encoder rows have this norm)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -36,6 +38,13 @@ class LinearSAEConfig(SAEConfig):
             raise ValueError(
                 f"need auxk_coef >= 0 and dead_steps >= 1, got {self.auxk_coef}, {self.dead_steps}"
             )
+        if not self.encoder_init_scale > 0:
+            raise ValueError(f"encoder_init_scale must be > 0, got {self.encoder_init_scale}")
+
+
+def fold_centre(x: Tensor, W: Tensor, b: Tensor, centre: Tensor) -> Tensor:
+    """``(x − centre) Wᵀ + b`` as ``x Wᵀ + (b − W centre)`` (see :meth:`LinearSAE.pre_acts`)."""
+    return torch.addmm(b - W @ centre, x, W.t())
 
 
 class LinearSAE(SparseAutoencoder):
@@ -49,7 +58,8 @@ class LinearSAE(SparseAutoencoder):
         W_dec = torch.randn(d_in, d_sae)
         unit_norm_columns_(W_dec)
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.t().contiguous())  # W_enc = W_decᵀ at init (Gao et al.; SoftSAE code)
+        # W_enc ∝ W_decᵀ at init (Gao et al.; SoftSAE code), rows of norm encoder_init_scale.
+        self.W_enc = nn.Parameter(W_dec.t().contiguous() * cfg.encoder_init_scale)
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         # Steps since each latent last fired (for AuxK). A buffer so it is saved and resumed.
@@ -61,8 +71,11 @@ class LinearSAE(SparseAutoencoder):
         self.b_dec.data.copy_(x.median(dim=0).values)
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """``W_enc (x − b_dec) + b_enc`` → ``[B, d_sae]``."""
-        return (x - self.b_dec) @ self.W_enc.t() + self.b_enc
+        """``W_enc (x − b_dec) + b_enc`` → ``[B, d_sae]``.
+
+        Computed as ``W_enc x + (b_enc − W_enc b_dec)``: the same function, but ``b_dec``'s gradient then
+        flows through a matrix-vector product instead of a second ``[B, d_sae] × [d_sae, d_in]`` matmul."""
+        return fold_centre(x, self.W_enc, self.b_enc, self.b_dec)
 
     def decode(self, code: Tensor) -> Tensor:
         return code @ self.W_dec.t() + self.b_dec

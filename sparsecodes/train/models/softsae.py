@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from sparsecodes.train.models.base import Progress, StepOutput, check_target, linear_flops, topk_mask
 from sparsecodes.train.models.lapsum import soft_topk
-from sparsecodes.train.models.linear import LinearSAE, LinearSAEConfig
+from sparsecodes.train.models.linear import LinearSAE, LinearSAEConfig, fold_centre
 from sparsecodes.train.models.registry import register
 
 
@@ -163,7 +163,7 @@ class SoftSAE(LinearSAE):
     # -- the model --------------------------------------------------------------------------------------
     def k_hat(self, x: Tensor) -> Tensor:
         """The predicted number of active latents ``k̂(x) [B]``, a real number in ``[1, d_trained]``."""
-        h = F.relu((x - self.b_dec) @ self.W_k.t() + self.b_k)
+        h = F.relu(fold_centre(x, self.W_k, self.b_k, self.b_dec))
         k = self.cfg.k_max * torch.sigmoid(h @ self.w_2 + self.c)
         return k.clamp(1.0, float(self.W_k.shape[0]))
 

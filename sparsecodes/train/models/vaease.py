@@ -193,10 +193,19 @@ class VAEase(SparseAutoencoder):
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``μ [B, d_sae]`` (served latents) and ``log σ² [B, d_trained]`` (all trained latents)."""
         h = self.encoder(x)
-        raw = self.logvar_head(h)
+        # Both heads in one matmul (one GEMM over d_sae + d_trained outputs, one for its backward).
+        weight = torch.cat([self.mu_head.weight, self.logvar_head.weight])
+        bias = torch.cat([self.mu_head.bias, self.logvar_head.bias])
+        mu, raw = F.linear(h, weight, bias).split([self.mu_head.out_features, self.logvar_head.out_features], -1)
         log_var = F.logsigmoid(raw) if self.cfg.variance == "sigmoid" else raw.clamp_max(0.0)
         log_var = log_var.clamp_min(LOG_VAR_MIN)
-        return self.mu_head(h), log_var
+        return mu, log_var
+
+    def _served(self, log_var_all: Tensor) -> Tensor:
+        """``log σ²`` (or any ``[B, d_trained]`` tensor) of the served latents: a copy only when narrowed."""
+        if log_var_all.shape[-1] == self.d_served:
+            return log_var_all  # kept = all trained latents, in order
+        return log_var_all.index_select(-1, self.kept)
 
     def forward(
         self, x: Tensor, target: Tensor | None = None, progress: Progress | None = None
@@ -205,7 +214,7 @@ class VAEase(SparseAutoencoder):
         the row's active set (so its L0 is the AD); the decoder itself saw the unrestricted sample."""
         target = check_target(x, target)
         mu, log_var_all = self.posterior(x)
-        log_var = log_var_all.index_select(-1, self.kept)
+        log_var = self._served(log_var_all)
         std = torch.exp(0.5 * log_var)
         z = mu + std * torch.randn_like(mu)
         z_dec = (1 - std) * z if self.gated else z
@@ -224,7 +233,7 @@ class VAEase(SparseAutoencoder):
             # The per-row two-means split sorts every row: only worth it on steps that are logged.
             return StepOutput(loss=loss, parts=parts, x_hat=x_hat, code=z_dec.detach())
         with torch.no_grad():
-            active = two_means_active(log_var_all).index_select(-1, self.kept)
+            active = self._served(two_means_active(log_var_all))
         code = torch.where(active, z_dec.detach(), torch.zeros_like(z_dec))
         return StepOutput(loss=loss, parts=parts, x_hat=x_hat, code=code, extras={"ad": active.sum(dim=-1)})
 
