@@ -212,7 +212,8 @@ def _allow(exc: StarletteHTTPException) -> dict[str, str]:
     methods = [m.strip() for m in (exc.headers or {}).get("Allow", "GET").split(",")]
     if "GET" in methods and "HEAD" not in methods:
         methods.append("HEAD")
-    return {"allow": ", ".join(methods)}
+    first = [m for m in ("GET", "HEAD") if m in methods]  # one order, whatever the route's set gives
+    return {"allow": ", ".join(first + sorted(set(methods) - set(first)))}
 
 
 def _flip_readiness_on_sigterm(app: FastAPI) -> Callable[[], None]:

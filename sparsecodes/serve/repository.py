@@ -95,15 +95,21 @@ def _index(request: Request) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: (e["name"], e["state"] != "READY"))
 
 
-@router.get("/index", summary="Model repository index: every bundle and served model, with its state")
-async def index_get(request: Request) -> Response:
-    return json_response(_index(request))
-
-
-@router.post(
-    "/index", summary='Model repository index (Triton\'s POST form; {"ready": true} lists only ready models)'
+@router.api_route(
+    "/index",
+    methods=["GET", "POST"],
+    summary='Model repository index: every bundle and served model, with its state (POST, as Triton has it: '
+    '{"ready": true} lists only ready models)',
 )
-async def index_post(request: Request) -> Response:
+async def index(request: Request) -> Response:
+    # One route for both methods, so that a 405 on this path names both in its Allow header.
+    entries = _index(request)
+    if request.method == "POST" and (await _index_options(request)).get("ready"):
+        entries = [e for e in entries if e["state"] == "READY"]
+    return json_response(entries)
+
+
+async def _index_options(request: Request) -> dict[str, Any]:
     raw = await request.body()
     try:
         options = json.loads(raw) if raw.strip() else {}
@@ -111,10 +117,7 @@ async def index_post(request: Request) -> Response:
         raise InvalidInput('the index request body must be JSON like {"ready": true}') from None
     if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
         raise InvalidInput('the index request body must be JSON like {"ready": true}')
-    entries = _index(request)
-    if options.get("ready"):
-        entries = [e for e in entries if e["state"] == "READY"]
-    return json_response(entries)
+    return options
 
 
 def _folder_of(model_dir: Path, name: str) -> Path:

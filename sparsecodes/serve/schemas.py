@@ -15,7 +15,10 @@ BASE64_4 = rf"^(?:{_B64}{{16}})*(?:{_B64}{{16}}|{_B64}{{6}}==|{_B64}{{11}}=)$"
 """Non-empty base64 (standard alphabet, padded) of a whole number of 4-byte values (float32, int32)."""
 BASE64_8 = rf"^(?:{_B64}{{32}})*(?:{_B64}{{32}}|{_B64}{{11}}=|{_B64}{{22}}==)$"
 """The same for 8-byte values (int64)."""
+BASE64_4_OR_EMPTY = rf"^(?:{_B64}{{16}})*(?:{_B64}{{6}}==|{_B64}{{11}}=)?$"
+"""The same, or empty: a code's indices and values (a row, or a whole batch, may have no active latent)."""
 Base64 = Annotated[str, Field(pattern=BASE64_4)]
+Base64Code = Annotated[str, Field(pattern=BASE64_4_OR_EMPTY)]
 Base64Int64 = Annotated[str, Field(pattern=BASE64_8)]
 Row = Annotated[list[float], Field(min_length=1)]
 FloatMatrix = Annotated[list[Row], Field(min_length=1)] | Base64
@@ -75,16 +78,16 @@ class DecodeOptions(_Options):
 
 
 class CodeRow(BaseModel):
-    indices: list[Annotated[int, Field(ge=0)]] | Base64 = Field(description="Active served latents, distinct, < d_served (or base64 int32).")
-    values: list[float] | Base64 = Field(description="Their values, as many as indices (or base64 float32).")
+    indices: list[Annotated[int, Field(ge=0)]] | Base64Code = Field(description="Active served latents, distinct, < d_served (or base64 int32).")
+    values: list[float] | Base64Code = Field(description="Their values, as many as indices (or base64 float32).")
 
 
 class CsrCodes(BaseModel):
     indptr: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)] | Base64Int64 = Field(
         description="[n + 1] row offsets into indices/values, from 0, never decreasing (or base64 int64)."
     )
-    indices: list[Annotated[int, Field(ge=0)]] | Base64
-    values: list[float] | Base64
+    indices: list[Annotated[int, Field(ge=0)]] | Base64Code
+    values: list[float] | Base64Code
 
 
 Codes = Annotated[list[CodeRow], Field(min_length=1)] | CsrCodes
