@@ -32,7 +32,7 @@ DEMO_MODELS = (
         "digits-sosae",
         "sosae",
         "digits",
-        # push_coef 0.1 on digits: cut point ≈ 27 of 64, fvu ≈ 0.08 (the default 1.0 keeps only ~3 latents here).
+        # push_coef 0.1 on digits: cut point ≈ 27 of 64, fvu ≈ 0.08 (also the default now; 1.0 kept only ~3 latents).
         {"d_sae": 64, "hidden": [128], "push_coef": 0.1},
         {"steps": 1500, "batch_size": 256, "lr": 3e-3},
     ),
