@@ -29,6 +29,9 @@ NOT_RUN = {
     "make serve": "tests/deploy/test_first_run.py (`make first-run-test`) runs it on a fresh clone",
     "make install && source .venv/bin/activate": "trains and exports (torch); the CLI tests cover train/export/serve",
     "sparsecodes/": "the layout, not commands",
+    "# extract:": "needs a corpus and torch; tests/train/test_activations.py and test_shards.py run these commands",
+    "import numpy as np, tritonclient.grpc": "the gRPC port; tests/serve/test_grpc.py makes these calls with tritonclient",
+    "make install-peers": "needs SAEs of the peer libraries; tests/export/test_import.py imports and serves them",
 }
 
 

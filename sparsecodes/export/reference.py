@@ -118,7 +118,7 @@ def _dictionary_learning(source: Source, x: torch.Tensor) -> tuple[np.ndarray, n
         )
         if done.returncode != 0:
             raise ExportError(f"{source.path}: dictionary_learning failed to run it: {done.stderr.strip()[-2000:]}")
-        with np.load(Path(tmp) / "out.npz") as z:
+        with np.load(Path(tmp) / "out.npz", allow_pickle=False) as z:
             return z["codes"], z["x_hat"]
 
 
@@ -219,7 +219,7 @@ def _main(argv: list[str]) -> int:
 
     folder, work = Path(argv[0]), Path(argv[1])
     source = read_source("dictionary-learning", folder)
-    x = torch.from_numpy(np.load(work / "x.npy"))
+    x = torch.from_numpy(np.load(work / "x.npy", allow_pickle=False))
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         codes, x_hat = _dictionary_learning_here(source, x)

@@ -1,6 +1,6 @@
 """One training loop for every kind: step, evaluate, checkpoint.
 
-What it does: Adam with linear warm-up then linear decay, global gradient-norm clipping, the kinds' own
+What it does: Adam with linear warm-up then linear decay (or warmup-stable-decay, or cosine restarts), global gradient-norm clipping, the kinds' own
 hooks around the optimiser step (decoder renormalisation, gradient projection), a held-out evaluation,
 tqdm progress with the live loss and L0, determinism under a seed, resumable checkpoints, and
 data-parallel training when launched by ``torchrun`` (gloo on CPU, NCCL on GPU).
@@ -330,7 +330,17 @@ def lr_lambda(cfg: TrainConfig, total: int):
         low = cfg.lr_end_frac
         return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * pos / period))
 
-    return linear if cfg.lr_schedule == "linear" else cosine_restarts
+    decay_start = total - max(1, int(cfg.decay_frac * total))
+
+    def wsd(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if step < decay_start:
+            return 1.0
+        frac = (step - decay_start) / max(1, total - decay_start)
+        return 1.0 - (1.0 - cfg.lr_end_frac) * frac
+
+    return {"linear": linear, "cosine_restarts": cosine_restarts, "wsd": wsd}[cfg.lr_schedule]
 
 
 def fit(

@@ -34,9 +34,11 @@ def test_user_options_win_over_the_kind_defaults() -> None:
     cfg = TrainConfig(steps=7)
     assert with_kind_defaults("softsae", 40, 180, {"d_sae": 64, "k": 4}, cfg)[1] is cfg
     # Kinds without defaults, and a d_sae the config will reject, pass through untouched.
+    assert with_kind_defaults("relu_l1", 40, 180, {"d_sae": 64}, {"lr": 1e-3}) == ({"d_sae": 64}, {"lr": 1e-3})
+    # TopK's defaults are its schedule only: the user's lr still wins.
     assert with_kind_defaults("topk", 40, 180, {"d_sae": 64, "k": 4}, {"lr": 1e-3}) == (
         {"d_sae": 64, "k": 4},
-        {"lr": 1e-3},
+        {"lr_schedule": "wsd", "lr": 1e-3},
     )
     assert with_kind_defaults("sosae", 40, 180, {"d_sae": "wide"}, None) == ({"d_sae": "wide"}, {})
 
