@@ -1,6 +1,6 @@
 """Writing files and folders so that a reader never sees half of one: one implementation for every layer.
 
-* :func:`write_atomic` / :func:`write_json`: write a sibling temporary file, flush it to disk, rename it
+* :func:`atomic_file`, :func:`write_atomic` / :func:`write_json`: write a sibling temporary file, flush it to disk, rename it
   over the target (``os.replace`` is atomic on POSIX within one file system).
 * :class:`StagedDir`: build a folder in a temporary sibling and publish it with :func:`replace_dir` on
   success; on failure nothing is left behind and an existing target is untouched.
@@ -12,29 +12,38 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from sparsecodes.errors import TargetExists
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (bytes as they are, text as UTF-8)."""
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that appears at ``path`` only once the block has finished without an error (written to
+    a temporary sibling, flushed to disk, renamed over ``path``); on an error nothing is left behind."""
     path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` atomically (bytes as they are, text as UTF-8)."""
+    with atomic_file(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)
 
 
 def to_json(obj: Any, indent: int | None = 2) -> str:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsecodes.fsutil import write_json
+from sparsecodes.fsutil import atomic_file, write_json
 from sparsecodes.train.data.base import DataError
 
 FORMAT = "sparsecodes-shards"
@@ -87,17 +86,9 @@ class _HashingFile:
 
 def write_shard(path: Path, rows: np.ndarray) -> dict[str, Any]:
     """``rows`` as ``path`` (``.npy``), atomically; returns its manifest entry (file, rows, bytes, sha256)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            out = _HashingFile(f)
-            np.lib.format.write_array(out, np.ascontiguousarray(rows), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        out = _HashingFile(f)
+        np.lib.format.write_array(out, np.ascontiguousarray(rows), allow_pickle=False)
     return {"file": path.name, "rows": len(rows), "bytes": path.stat().st_size, "sha256": out.sha.hexdigest()}
 
 
