@@ -16,6 +16,8 @@ declare -A PACKAGE_FOR=(
   [redis-server]=redis-server
   [docker-compose]=docker-compose
   [chromium]=chromium
+  [ip]=iproute2          # tests/test_readme.py: a private network namespace for port 8000
+  [unshare]=util-linux
 )
 
 missing=()
