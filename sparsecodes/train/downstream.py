@@ -58,10 +58,16 @@ def run_chunks(run: LoadedRun, max_chunks: int = MAX_CHUNKS) -> Chunks:
             f"{run.path}: --downstream needs a run trained on minilm (its language model is what the "
             f"reconstruction is spliced into); this run was trained on {spec.get('name')!r}"
         )
+    return heldout_chunks(int(spec["max_tokens"]), run.config.train.val_fraction, run.config.train.seed, max_chunks)
+
+
+def heldout_chunks(max_tokens: int, val_fraction: float, seed: int, max_chunks: int = MAX_CHUNKS) -> Chunks:
+    """The chunks of the first ``max_tokens`` corpus tokens that hold tokens of the seeded held-out split
+    (``Dataset.split(val_fraction, seed)``), at most ``max_chunks``, spread evenly over the corpus."""
     tokenizer, _ = minilm._load_model(str(minilm.model_path()))
-    ids = minilm.token_chunks(tokenizer, int(spec["max_tokens"]))
+    ids = minilm.token_chunks(tokenizer, max_tokens)
     n = sum(map(len, ids))
-    _, val = split_indices(n, run.config.train.val_fraction, run.config.train.seed, "minilm")
+    _, val = split_indices(n, val_fraction, seed, "minilm")
     held = np.zeros(n, dtype=bool)
     held[val] = True
     starts = np.cumsum([0, *map(len, ids)])
@@ -84,11 +90,22 @@ def sae_reconstruct(run: LoadedRun) -> Reconstruct:
     return reconstruct
 
 
+VARIANTS = ("sae", "zero", "mean")
+"""What replaces the spliced states: the reconstruction, zeros (zero ablation), the training mean."""
+
+
 def fidelity(
-    chunks: Chunks, layer: int, reconstruct: Reconstruct, mean: np.ndarray, batch_chunks: int = 16
+    chunks: Chunks,
+    layer: int,
+    reconstruct: Reconstruct,
+    mean: np.ndarray,
+    batch_chunks: int = 16,
+    variants: tuple[str, ...] = VARIANTS,
 ) -> dict[str, Any]:
     """Mean cosine between the original sentence embeddings and those with ``layer``'s content-token
-    states replaced by ``reconstruct``'s output, by zeros and by ``mean``; per splice (``all``, ``heldout``)."""
+    states replaced by ``reconstruct``'s output, by zeros and by ``mean``; per splice (``all``, ``heldout``).
+    ``variants`` limits the replacements run (a study that compares many models on the same text computes
+    the two floors once); a floor not run is NaN, and so is ``recovered`` without the mean floor."""
     tokenizer, model = minilm._load_model(str(minilm.model_path()))
     module = model.embeddings if layer == 0 else model.encoder.layer[layer - 1]
     replacement: list[torch.Tensor | None] = [None]
@@ -101,8 +118,10 @@ def fidelity(
             return (new.to(output[0].dtype), *output[1:])
         return new.to(output.dtype)
 
-    variants = ("sae", "zero", "mean")
-    cos: dict[str, dict[str, list[np.ndarray]]] = {s: {v: [] for v in variants} for s in SPLICES}
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown fidelity variants {sorted(unknown)}; choose from {VARIANTS}")
+    cos: dict[str, dict[str, list[np.ndarray]]] = {s: {v: [] for v in VARIANTS} for s in SPLICES}
     mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32))
     handle = module.register_forward_hook(hook)
     try:
@@ -121,7 +140,8 @@ def fidelity(
                 fills = {"sae": recon, "zero": torch.zeros_like(recon), "mean": mean_t.expand_as(recon)}
                 for splice, where in (("all", content), ("heldout", held)):
                     pick = where[content]  # which of the content rows this splice replaces
-                    for variant, fill in fills.items():
+                    for variant in variants:
+                        fill = fills[variant]
                         new = h.clone()
                         rows = new[content]
                         rows[pick] = fill[pick]
@@ -135,7 +155,7 @@ def fidelity(
     n_held = int(sum(int(m.sum()) for m in chunks.heldout))
     result: dict[str, Any] = {"layer": layer, "chunks": len(chunks.ids), "tokens": n_tokens}
     for splice in SPLICES:
-        c = {v: float(np.concatenate(cos[splice][v]).mean()) for v in variants}
+        c = {v: float(np.concatenate(cos[splice][v]).mean()) if cos[splice][v] else float("nan") for v in VARIANTS}
         result[splice] = {
             "cosine": c["sae"],
             "cosine_zero_ablated": c["zero"],

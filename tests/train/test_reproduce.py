@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from sparsecodes.cli import main
-from sparsecodes.train.models import kinds
 from sparsecodes.train.reproduce import STUDIES
 from sparsecodes.train.reproduce.common import VERDICTS, aggregate, pm, summary
 
 TOP_KEYS = {"study", "claim", "setup", "command", "quick", "seeds", "settings", "tables", "verdict", "plots",
             "wall_seconds"}
 # Per study: summary columns that may be undefined (null) by construction.
-MAY_BE_NULL = {"ad_group", "k_hat_mean", "pearson", "spearman", "fvu_at_l0", "diff"}
+MAY_BE_NULL = {"ad_group", "k_hat_mean", "pearson", "spearman", "topk_fvu", "fvu_diff", "topk_cos", "cos_diff",
+               "score"}
 
 
 @pytest.fixture(scope="module")
@@ -123,16 +123,44 @@ def test_softsae_manifold_has_one_row_per_kind_and_group(quick_runs: dict[str, P
         assert r["pearson"]["mean"] is None or -1 <= mean(r, "pearson") <= 1
 
 
-def test_frontier_covers_every_registered_kind_at_several_levels(quick_runs: dict[str, Path]) -> None:
+def test_frontier_tunes_every_kind_equally_then_fits_both_budgets(quick_runs: dict[str, Path]) -> None:
     doc = load(quick_runs["frontier-minilm"])
+    levels = doc["settings"]["levels"]
+    assert set(levels) == {"topk", "batchtopk", "relu_l1", "softsae", "vaease"}
+    trials = rows(doc, "Tuning trials")
+    for kind in levels:
+        mine = [t for t in trials if t["kind"] == kind]
+        assert len(mine) == len(doc["settings"]["lr_trials"]), "the same number of trials for every kind"
+        assert sum(t["chosen"] for t in mine) == 1
+        (best,) = [t for t in mine if t["chosen"]]
+        assert doc["settings"]["lr_scale"][kind] == best["lr_scale"]
     frontier = rows(doc, "fvu–L0 frontier")
-    assert {r["kind"] for r in frontier} == set(kinds())
-    for kind in kinds():
-        mine = [r for r in frontier if r["kind"] == kind]
-        assert len(mine) == len(doc["settings"]["levels"][kind][1]) >= 2
-        assert all(0 <= mean(r, "dead_fraction") <= 1 and mean(r, "fvu") >= 0 for r in mine)
-    compared = rows(doc, "fvu at TopK")
-    assert {r["kind"] for r in compared} == set(kinds()) - {"topk"}
+    budgets = list(doc["settings"]["plan"]["budgets"])
+    assert budgets == ["small", "large"]
+    expected = [(b, k, lv) for b in budgets for k, (_, lvs) in levels.items() for lv in lvs]
+    assert [(r["budget"], r["kind"], r["level"]) for r in frontier] == expected
+    for r in frontier:
+        assert 0 <= mean(r, "dead_fraction") <= 1 and mean(r, "fvu") >= 0
+        assert -1 <= mean(r, "cos_all") <= 1 and -1 <= mean(r, "cos_heldout") <= 1
+        assert mean(r, "l0_p10") <= mean(r, "l0_p90")
+    topk = [r for r in frontier if r["kind"] == "topk"]
+    assert all(mean(r, "l0_mean") == r["level"] for r in topk), "TopK serves exactly k latents"
+    compared = rows(doc, "Against TopK")
+    assert {(r["budget"], r["kind"], r["level"]) for r in compared} == {e for e in expected if e[1] != "topk"}
+    for r in compared:
+        if r["topk_fvu"]["mean"] is not None:
+            assert mean(r, "fvu_diff") == pytest.approx(mean(r, "fvu") - mean(r, "topk_fvu"), abs=1e-9)
+    (floors,) = rows(doc, "Downstream floors")
+    assert all(-1 <= mean(floors, k) <= 1 for k in floors)
+
+
+def test_interpolation_in_log_l0_stays_inside_the_measured_levels() -> None:
+    from sparsecodes.train.reproduce.frontier_minilm import interp_log_l0
+
+    curve = [(8.0, 0.4), (32.0, 0.2)]
+    assert interp_log_l0(curve, 16.0) == pytest.approx(0.3)  # halfway in log L0
+    assert interp_log_l0(curve, 8.0) == pytest.approx(0.4)
+    assert math.isnan(interp_log_l0(curve, 7.9)) and math.isnan(interp_log_l0(curve, 33.0))
 
 
 def test_sosae_size_reports_cut_point_search_cost_and_memory(quick_runs: dict[str, Path]) -> None:

@@ -7,9 +7,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sparsecodes.train.models import Progress, build, make_config
-from sparsecodes.train.models.vaease import LOG_VAR_MIN, VAEase, fixed_rule_active, two_means_active
+from sparsecodes.train.models.vaease import (
+    LOG_VAR_MIN,
+    GatedSample,
+    VAEase,
+    fixed_rule_active,
+    two_means_active,
+)
 from tests.support.codes import assert_same_code
 from tests.support.loops import adam_loop
 
@@ -281,3 +288,82 @@ def test_zeroing_inactive_latents_barely_changes_the_reconstruction(trained, kin
     # and the model must reconstruct well to begin with.
     assert mse_dense < 0.01
     assert mse_served - mse_dense <= 0.01, (mse_dense, mse_served)
+
+
+def _sample_by_autograd(mu: torch.Tensor, h: torch.Tensor, gated: bool, sigmoid: bool):
+    """The sampled code and KL written as plain PyTorch lines (what GatedSample must equal)."""
+    log_var = (F.logsigmoid(h) if sigmoid else h.clamp_max(0.0)).clamp_min(LOG_VAR_MIN)
+    std = torch.exp(0.5 * log_var)
+    z = mu + std * torch.randn_like(mu)
+    z_dec = (1 - std) * z if gated else z
+    kl = (std.square() + mu.square() - log_var - 1).sum(dim=-1)
+    return z_dec, kl, log_var
+
+
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("sigmoid", [True, False])
+def test_gated_sample_matches_autograd_in_values_and_gradients(gated: bool, sigmoid: bool) -> None:
+    gen = torch.Generator().manual_seed(3)
+    mu = torch.randn(16, 12, generator=gen, dtype=torch.float64)
+    h = 4 * torch.randn(16, 12, generator=gen, dtype=torch.float64)
+    h[0, :3] = torch.tensor([-40.0, 1.5, 30.0])  # clamped at σ² = 1e-7, inside, saturated
+    g, g_kl = torch.randn(16, 12, generator=gen, dtype=torch.float64), torch.rand(16, generator=gen, dtype=torch.float64)
+    results = []
+    for fused in (False, True):
+        pre = torch.cat([mu, h], -1).requires_grad_()
+        torch.manual_seed(11)
+        if fused:
+            z_dec, kl, log_var = GatedSample.apply(pre, gated, sigmoid)
+        else:
+            z_dec, kl, log_var = _sample_by_autograd(pre[:, :12], pre[:, 12:], gated, sigmoid)
+        ((z_dec * g).sum() + (kl * g_kl).sum()).backward()
+        results.append((z_dec.detach(), kl.detach(), log_var.detach(), pre.grad))
+    for ours, ref in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_gated_sample_passes_gradcheck(gated: bool) -> None:
+    gen = torch.Generator().manual_seed(5)
+    pre = torch.randn(6, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def seeded(p: torch.Tensor):
+        torch.manual_seed(0)  # the same ε on every evaluation
+        z_dec, kl, _ = GatedSample.apply(p, gated, True)
+        return z_dec, kl
+
+    assert torch.autograd.gradcheck(seeded, (pre,))
+
+
+def test_gated_sample_blocks_cover_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of a few rows (and a last, shorter one) give the same values and gradients as one block."""
+    from sparsecodes.train.models import vaease
+
+    pre = torch.randn(7, 8, dtype=torch.float64)
+    outs = []
+    for chunk in (1 << 16, 12):  # one block; blocks of 3 rows (12 // 4), the last of one row
+        monkeypatch.setattr(vaease, "CHUNK_ELEMENTS", chunk)
+        p = pre.clone().requires_grad_()
+        torch.manual_seed(1)
+        z, kl, _ = GatedSample.apply(p, True, True)
+        (z.sum() + kl.sum()).backward()
+        outs.append((z.detach(), kl.detach(), p.grad))
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gated_sample_float32_training_step_matches_the_plain_lines() -> None:
+    """The model's loss and every parameter gradient agree with the plain PyTorch lines in float32."""
+    model = tiny("vaease")
+    x = torch.randn(32, D_IN)
+    torch.manual_seed(2)
+    model(x, None, Progress(step=0, total_steps=10)).loss.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    mu, raw = model.heads(x).split([D_SAE, D_SAE], -1)
+    torch.manual_seed(2)
+    z_dec, kl, _ = _sample_by_autograd(mu, raw, True, True)
+    sq = (model.decode(z_dec) - x).pow(2).sum(-1)
+    (((sq * torch.exp(-model.log_gamma)).mean()) + D_IN * model.log_gamma + kl.mean()).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(ours[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)

@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"CI mode: fewer steps and rows, {QUICK_SEEDS} seed unless --seeds is given")
     p.add_argument("--seeds", type=int, default=None,
                    help=f"repetitions with seeds 0..N-1 (default {DEFAULT_SEEDS}; {QUICK_SEEDS} with --quick)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes for a study whose models are independent (frontier-minilm), one "
+                        "torch thread each; other studies run in one process (default 1)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or log lines")
 
@@ -59,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
     n_seeds = args.seeds if args.seeds is not None else (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     if n_seeds < 1:
         raise CommandError(f"--seeds must be at least 1, got {n_seeds}")
+    if args.jobs < 1:
+        raise CommandError(f"--jobs must be at least 1, got {args.jobs}")
     verdicts = {}
     for name in names:
         out = args.out / name if args.name == "all" else args.out
-        command = _command(name, out, args.quick, args.seeds)
+        command = _command(name, out, args.quick, args.seeds, args.jobs)
         try:
             status = run_study(name, out, quick=args.quick, seeds=list(range(n_seeds)), force=args.force,
-                               show_progress=not args.no_progress, command=command)
+                               show_progress=not args.no_progress, command=command, jobs=args.jobs)
         except (ValueError, OSError) as e:
             raise CommandError(f"{name}: {e}") from None
         verdicts[name] = status
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_study(name: str, out: Path, *, quick: bool = False, seeds: list[int] | None = None,
-              force: bool = False, show_progress: bool = True, command: str = "") -> str:
+              force: bool = False, show_progress: bool = True, command: str = "", jobs: int = 1) -> str:
     """Run study ``name`` into folder ``out``; returns its verdict (reproduced / partly / not)."""
     import torch
 
@@ -88,27 +93,29 @@ def run_study(name: str, out: Path, *, quick: bool = False, seeds: list[int] | N
     # fighting over shared cores (measured: 20 vs 234 ms per VAEase step on a busy 2-core machine).
     torch.set_num_threads(1)
     try:
-        return _run_in(module, Path(out), quick, seeds, force, show_progress, command or _command(name, out, quick, None))
+        command = command or _command(name, out, quick, None, jobs)
+        return _run_in(module, Path(out), quick, seeds, force, show_progress, command, jobs)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run_in(module: ModuleType, out: Path, quick: bool, seeds: list[int] | None, force: bool,
-            show_progress: bool, command: str) -> str:
+            show_progress: bool, command: str, jobs: int) -> str:
     from sparsecodes.fsutil import StagedDir
     from sparsecodes.train.reproduce.common import Context, write_results
 
     with StagedDir(out, force) as tmp:
         ctx = Context(out=tmp, quick=quick, seeds=seeds or list(range(DEFAULT_SEEDS)),
-                      show_progress=show_progress, command=command)
+                      show_progress=show_progress, command=command, jobs=jobs)
         start = time.perf_counter()
         result = module.run(ctx)
         write_results(result, ctx, time.perf_counter() - start)
     return result.verdict
 
 
-def _command(name: str, out: Path, quick: bool, seeds: int | None) -> str:
+def _command(name: str, out: Path, quick: bool, seeds: int | None, jobs: int = 1) -> str:
     parts = ["sparsecodes", "reproduce", name, "--out", str(out)]
     parts += ["--quick"] if quick else []
     parts += ["--seeds", str(seeds)] if seeds is not None else []
+    parts += ["--jobs", str(jobs)] if jobs != 1 else []
     return shlex.join(parts)

@@ -49,6 +49,8 @@ class Context:
     show_progress: bool = True
     command: str = ""
     """The command line that reproduces this output (written into results.md)."""
+    jobs: int = 1
+    """Worker processes for studies whose fits are independent (``frontier-minilm``); one torch thread each."""
 
     def pick(self, full: Any, quick: Any) -> Any:
         """``quick`` in quick mode, ``full`` otherwise."""
@@ -78,11 +80,17 @@ class Trained:
 
 
 def train(
-    kind: str, x_train: np.ndarray, model: dict[str, Any], train_opts: dict[str, Any], seed: int, ctx: Context
+    kind: str,
+    x_train: np.ndarray,
+    model: dict[str, Any],
+    train_opts: dict[str, Any],
+    seed: int,
+    ctx: Context | None,
 ) -> Trained:
     """Fit ``kind`` on normalised rows ``x_train [N, d_in]`` with the project's loop, seeded like
     ``train_run`` (``torch.manual_seed(seed)`` before the model is built). No run folder is written:
-    the studies evaluate in memory, so hundreds of small fits stay cheap."""
+    the studies evaluate in memory, so hundreds of small fits stay cheap. ``ctx`` None: no progress bar
+    (a worker process of a study)."""
     opts = {"epochs": None, **train_opts, "seed": seed}
     cfg = TrainConfig.from_dict(opts)
     torch.manual_seed(seed)
@@ -90,7 +98,7 @@ def train(
     x = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
     with tempfile.TemporaryDirectory(prefix="sparsecodes-reproduce-") as work:
         start = time.perf_counter()
-        history = fit(sae, x, cfg, Path(work), DistInfo(), show_progress=ctx.show_progress)
+        history = fit(sae, x, cfg, Path(work), DistInfo(), show_progress=ctx is not None and ctx.show_progress)
         seconds = time.perf_counter() - start
     sae.eval()
     steps = len(range(history.step[-1] + 1)) if history.step else 0
