@@ -16,6 +16,7 @@ body streams in. A client that goes away mid-body is no server error: :class:`Cl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from sparsecodes.serve.errors import ClientClosedRequest, PayloadTooLarge, RequestTimeout
@@ -43,6 +44,7 @@ class BodyLimits:
     """Which limit ``max_bytes`` is, for the 413 message."""
 
     @classmethod
+    @functools.cache  # a few models × two encodings: computed once, not per request
     def for_rows(cls, max_body_bytes: int, max_rows: int, values_per_row: int, binary: bool) -> BodyLimits:
         values = max_rows * values_per_row
         per_value = BINARY_BYTES_PER_VALUE if binary else JSON_BYTES_PER_VALUE

@@ -19,7 +19,7 @@ class Call:
     """The request of a hot route: ``app`` (its ``state`` holds engine, settings, offload), the raw header
     list (lower-case names, as uvicorn gives them), the query string, ``receive`` and the ASGI scope."""
 
-    __slots__ = ("app", "query_string", "raw_headers", "receive", "scope")
+    __slots__ = ("_headers", "app", "query_string", "raw_headers", "receive", "scope")
 
     def __init__(self, app: Any, raw_headers: list[tuple[bytes, bytes]], query_string: bytes, receive: Receive, scope: Scope) -> None:
         self.app = app
@@ -27,6 +27,7 @@ class Call:
         self.query_string = query_string
         self.receive = receive
         self.scope = scope
+        self._headers: dict[bytes, bytes] | None = None
 
     @classmethod
     def of(cls, request: Request) -> Call:
@@ -35,10 +36,10 @@ class Call:
 
     def header(self, name: bytes) -> str | None:
         """The first value of header ``name`` (lower case), as Starlette's ``headers.get`` gives it."""
-        for key, value in self.raw_headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None
+        if self._headers is None:  # reversed: the first of a repeated name is the one kept
+            self._headers = dict(reversed(self.raw_headers))
+        value = self._headers.get(name)
+        return value.decode("latin-1") if value is not None else None
 
     def query(self) -> dict[str, str]:
         """The query parameters (the last value of a repeated name), as ``dict(request.query_params)``."""
