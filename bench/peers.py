@@ -9,6 +9,10 @@ two), micro-batching on everywhere, no cache (distinct rows would not hit one an
 * W2: 8 concurrent clients × 256 rows per request (large batches);
 * the ceiling: the same graph run in-process by ONNX Runtime at batch 64.
 
+sparsecodes runs twice: as configured by default (the hot routes served by the HTTP protocol layer,
+``serve/http/direct.py``) and with ``SPARSECODES_DIRECT_ROUTES=false`` (``asgi``: through FastAPI's stack, the
+path before it), the latter at W1 only, so that both paths' p99 come from the same rounds.
+
 Every scenario runs ``--rounds`` times, interleaved, so all share the machine's load alike; rows/s is the
 median over rounds, latency percentiles pool every round's requests. Ratios are to sparsecodes' JSON body.
 The HTTP load generator is bench/serve.py's (bench/loadgen.py's raw keep-alive connections).
@@ -201,12 +205,17 @@ def measure(bundle: Path, workers: int, args: argparse.Namespace, log_dir: Path)
     with contextlib.ExitStack() as stack:
         grpc_port = free_port()
         ours = stack.enter_context(served(bundle, cache_size=0, workers=workers, grpc_port=grpc_port))
+        asgi = stack.enter_context(served(bundle, cache_size=0, workers=workers, grpc_port=0, direct_routes=False))
         ports = {p: stack.enter_context(peer(p, encoder, workers, probe, log_dir)) for p in args.peers}
         scenarios: list[Scenario] = []
         for w, (clients, rows) in (("W1", W1), ("W2", W2)):
             xs = singles if rows == 1 else batches
             scenarios.append((*http(f"sparsecodes_json_{w}", ours, encode_requests(name, xs, binary=False), clients), rows))
             scenarios.append((*http(f"sparsecodes_binary_{w}", ours, encode_requests(name, xs, binary=True), clients), rows))
+            if w == "W1":
+                for encoding in ("json", "binary"):
+                    requests = encode_requests(name, xs, binary=encoding == "binary")
+                    scenarios.append((*http(f"sparsecodes_asgi_{encoding}_W1", asgi, requests, clients), rows))
             for p, port in ports.items():
                 scenarios.append((*http(f"{p}_{w}", port, json_requests(PEERS[p], xs), clients), rows))
         messages = infer_messages(name, singles)
@@ -221,6 +230,10 @@ def div(a: float, b: float) -> float:
     return round(a / b, 3) if b else float("nan")
 
 
+BEST = ("sparsecodes_json", "sparsecodes_binary")
+"""sparsecodes' HTTP paths as served by default (the targets are about the best of them)."""
+
+
 def ratios(t: dict[str, dict[str, float]]) -> dict[str, float]:
     out = {}
     for w in ("W1", "W2"):
@@ -228,10 +241,14 @@ def ratios(t: dict[str, dict[str, float]]) -> dict[str, float]:
         for key in t:
             if key.endswith(f"_{w}"):
                 out[f"{key} / sparsecodes_json_{w}"] = div(t[key]["rows_per_s"], base)
-    best_w1 = max(t[k]["rows_per_s"] for k in t if k.startswith("sparsecodes_") and k.endswith("_W1"))
-    out["sparsecodes best W1 / ceiling_64"] = div(best_w1, t["ceiling_64"]["rows_per_s"])
-    if "mosec_W1" in t:
-        out["sparsecodes best W1 / mosec_W1"] = div(best_w1, t["mosec_W1"]["rows_per_s"])
+    best = {w: max(t[f"{s}_{w}"]["rows_per_s"] for s in BEST) for w in ("W1", "W2")}
+    out["sparsecodes best W1 / ceiling_64"] = div(best["W1"], t["ceiling_64"]["rows_per_s"])
+    for p in PEERS:
+        for w in ("W1", "W2"):
+            if f"{p}_{w}" in t:
+                out[f"sparsecodes best {w} / {p}_{w}"] = div(best[w], t[f"{p}_{w}"]["rows_per_s"])
+    for encoding in ("json", "binary"):
+        out[f"p99 W1 {encoding}: direct / asgi"] = div(t[f"sparsecodes_{encoding}_W1"]["p99_ms"], t[f"sparsecodes_asgi_{encoding}_W1"]["p99_ms"])
     return out
 
 

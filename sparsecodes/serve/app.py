@@ -8,7 +8,6 @@ receives SIGTERM, while uvicorn lets in-flight requests finish (``SPARSECODES_GR
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
@@ -29,7 +28,6 @@ from sparsecodes.serve import docs, metrics, oip, openapi, playground_routes, re
 from sparsecodes.serve.engine import Engine, make_cache
 from sparsecodes.serve.errors import (
     ClientClosedRequest,
-    InternalError,
     InvalidInput,
     MethodNotAllowed,
     RouteNotFound,
@@ -38,11 +36,19 @@ from sparsecodes.serve.errors import (
     status_of,
 )
 from sparsecodes.serve.fastpath import FastPath
+from sparsecodes.serve.http.direct import DirectRoutes
 from sparsecodes.serve.http.offload import Offload
 from sparsecodes.serve.logs import configure_logging
 from sparsecodes.serve.runtime import load_models, resolve_providers
 from sparsecodes.serve.settings import Settings
-from sparsecodes.serve.web import ApiKeyAuth, json_response
+from sparsecodes.serve.web import (
+    ApiKeyAuth,
+    internal_error_response,
+    json_response,
+    record_request,
+    render_service_error,
+    request_id,
+)
 
 log = logging.getLogger("sparsecodes.app")
 
@@ -67,9 +73,8 @@ class InFlight:
 
 class RequestContext:
     """Pure ASGI middleware, the outermost: request id, in-flight count, latency histogram, one log line per
-    request, HEAD as GET, and the last word on any exception (answered here, never passed on to uvicorn)."""
-
-    QUIET_ROUTES = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"})
+    request, HEAD as GET, and the last word on any exception (answered here, never passed on to uvicorn).
+    The hot routes, when served by the HTTP protocol itself (``http/direct.py``), get the same from there."""
 
     def __init__(self, app: ASGIApp, known_models: Callable[[], dict[str, Any]], in_flight: InFlight) -> None:
         self.app = app
@@ -84,7 +89,7 @@ class RequestContext:
         if method == "HEAD":
             # Served as GET; uvicorn drops the body, reading the method from its own scope (not this copy).
             scope = {**scope, "method": "GET"}
-        rid = _header(scope, b"x-request-id") or _new_request_id()
+        rid = request_id(scope.get("headers", []))
         scope.setdefault("state", {})["request_id"] = rid
         status = 0
         start = time.perf_counter()
@@ -105,7 +110,10 @@ class RequestContext:
         finally:
             self.in_flight.n -= 1
             metrics.REQUESTS_IN_FLIGHT.dec()
-            self._record(scope, method, rid, status or 500, time.perf_counter() - start)
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            name = scope.get("path_params", {}).get("name")
+            model = name if name in self.known_models() else ""
+            record_request(method, scope["path"], route, model, status or 500, time.perf_counter() - start, rid)
 
     @staticmethod
     async def _failed(scope: Scope, rid: str, exc: Exception, status: int, send: Send) -> int:
@@ -117,70 +125,25 @@ class RequestContext:
         log.error("unhandled error: %s", exc, exc_info=exc, extra={"request_id": rid})
         if status:  # the response had started: nothing more can be said on this connection
             return status
-        error = InternalError(f"internal error; quote request id {rid} when reporting it")
-        response = json_response(error_body(error, rid), status_code=500)
-        response.headers["connection"] = "close"
+        response = internal_error_response(rid)
         await response(scope, _no_body, send)
         return 500
-
-    def _record(self, scope: Scope, method: str, rid: str, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
-        name = scope.get("path_params", {}).get("name")
-        model = name if name in self.known_models() else ""
-        metrics.REQUEST_DURATION.labels(route=route, model=model, status=str(status)).observe(seconds)
-        level = logging.DEBUG if route in self.QUIET_ROUTES else logging.INFO
-        log.log(
-            level,
-            "%s %s %d",
-            method,
-            scope["path"],
-            status,
-            extra={
-                "request_id": rid, "method": method, "path": scope["path"], "route": route,
-                "status": status, "duration_ms": round(seconds * 1000, 3), "model": model or None,
-            },
-        )
 
 
 async def _no_body() -> Message:
     return {"type": "http.disconnect"}
 
 
-_ID_PREFIX = os.urandom(6).hex()
-_id_counter = itertools.count(1)
-
-
-def _new_request_id() -> str:
-    """Unique across replicas (a random per-process prefix) without a syscall per request."""
-    return f"{_ID_PREFIX}{next(_id_counter):010x}"
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            text = value.decode("latin-1")[:128]
-            return text if text.isprintable() else None
-    return None
-
-
 def _request_id(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
-def render_service_error(scope: Scope, exc: ServiceError) -> Response:
-    """A domain error as its JSON response (5xx are logged with the traceback and the request id)."""
-    rid = scope.get("state", {}).get("request_id")
-    status = status_of(exc)
-    if status >= 500:
-        log.error("%s: %s", exc.type, exc.message, exc_info=exc.__cause__ or exc, extra={"request_id": rid})
-    response = json_response(error_body(exc, rid), status_code=status)
-    if status == 401:
-        response.headers["www-authenticate"] = "Bearer"
-    return response
+def _render_scope_error(scope: Scope, exc: ServiceError) -> Response:
+    return render_service_error(exc, scope.get("state", {}).get("request_id"))
 
 
 def _error_response(request: Request, error: ServiceError, headers: dict[str, str] | None = None) -> Response:
-    response = render_service_error(request.scope, error)
+    response = render_service_error(error, _request_id(request))
     if headers:
         response.headers.update(headers)
     return response
@@ -189,7 +152,7 @@ def _error_response(request: Request, error: ServiceError, headers: dict[str, st
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> Response:
-        return render_service_error(request.scope, exc)
+        return render_service_error(exc, _request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -290,6 +253,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.in_flight = InFlight()
+    if settings.direct_routes:  # found there by the HTTP protocol (http/protocol.py)
+        app.state.direct_routes = DirectRoutes(app)
     app.include_router(routes.router)
     app.include_router(oip.health)
     app.include_router(oip.router)
@@ -305,8 +270,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _install_error_handlers(app)
     # Middleware, innermost first: the hot routes' direct dispatch, API keys, then the request context.
-    app.add_middleware(FastPath, on_error=render_service_error)
-    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, on_error=render_service_error)
+    app.add_middleware(FastPath, on_error=_render_scope_error)
+    app.add_middleware(ApiKeyAuth, keys=settings.api_keys, on_error=_render_scope_error)
     app.add_middleware(
         RequestContext,
         known_models=lambda: getattr(getattr(app.state, "engine", None), "models", {}),

@@ -127,9 +127,15 @@ def numbers(value: Any, field: str) -> np.ndarray:
         array = np.array(value)
     except ValueError:
         raise InvalidInput(f"{field} has rows of different lengths (ragged); every row must have the same length") from None
-    if array.dtype.kind not in "fiu" or _holds_bool(value):
+    if array.dtype.kind not in "fiu" or (_may_hold_bool(array) and _holds_bool(value)):
         raise InvalidInput(f"{field} must hold only numbers (found {_first_non_number(value)})")
     return array
+
+
+def _may_hold_bool(array: np.ndarray) -> bool:
+    """NumPy makes true and false 1 and 0: an array holding neither value came from no bool (one vectorised
+    look, where :func:`_holds_bool` looks at every value's type: 6.6 µs for one row of 384, 1.7 ms for 256)."""
+    return bool(((array == 0) | (array == 1)).any())
 
 
 def _holds_bool(value: Any) -> bool:
@@ -186,6 +192,8 @@ def check_matrix(x: np.ndarray, d: int, field: str, max_rows: int) -> np.ndarray
         raise InvalidInput(f"{field} rows have {x.shape[1]} values but the model expects d_in={d}")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is reported just below
         x = np.ascontiguousarray(x, dtype=np.float32)
+    if (np.abs(x) < VALUE_BOUND).all():  # one pass for the common case: NaN and ±Inf fail it too
+        return x
     finite = np.isfinite(x)
     if not finite.all():
         row, col = map(int, np.argwhere(~finite)[0])

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from sparsecodes.serve.metrics import ACTIVE_DIMS, MODEL_INFO, RECONSTRUCTION_ER
 from sparsecodes.serve.playground import RecentL0
 from sparsecodes.serve.runtime import ModelRuntime
 from sparsecodes.serve.settings import Settings
+
+if TYPE_CHECKING:
+    from prometheus_client import Histogram
 
 log = logging.getLogger("sparsecodes.engine")
 
@@ -63,6 +67,8 @@ class Engine:
         """The code lengths of recently served rows per model (``/v1/models/{name}/stats``)."""
         self.executor = ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1), thread_name_prefix="ort")
         self.batchers: dict[str, Batcher[SparseCodes]] = {}
+        self._l0_histograms: dict[str, Histogram] = {}
+        """Each model's series of the L0 histogram (``labels()`` is a lock and a lookup: once, not per request)."""
         self._load = load
         for m in models.values():
             self._start_serving(m)
@@ -152,7 +158,10 @@ class Engine:
     def _record_l0(self, m: ModelRuntime, codes: SparseCodes) -> None:
         """The one sink of served code lengths: the Prometheus histogram and the recent-L0 buffer, for
         every route (/v1, /v2) that encodes."""
-        observe_many(ACTIVE_DIMS.labels(model=m.name), codes.l0)
+        histogram = self._l0_histograms.get(m.name)
+        if histogram is None:
+            histogram = self._l0_histograms[m.name] = ACTIVE_DIMS.labels(model=m.name)
+        observe_many(histogram, codes.l0)
         self.recent_l0.record(m.name, codes.l0)
 
     async def _encode_cached(self, m: ModelRuntime, x: np.ndarray, max_active: int | None) -> SparseCodes:

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request, Response
 
 from sparsecodes.serve import parse
 from sparsecodes.serve.errors import UnknownModel
+from sparsecodes.serve.http.call import Call
 from sparsecodes.serve.runtime import ModelRuntime, refused_models
 from sparsecodes.serve.schemas import InferRequest, InferResponse, ModelMetadata, ServerMetadata
 from sparsecodes.serve.web import (
@@ -107,7 +108,12 @@ async def model_version_ready(name: str, version: str, request: Request) -> Resp
     openapi_extra=body_doc(InferRequest, None, None),
 )
 async def infer(name: str, request: Request) -> Response:
-    return await _infer(request, engine_of(request).model(name))
+    return await handle_infer(name, Call.of(request))
+
+
+async def handle_infer(name: str, call: Call) -> Response:
+    """The hot handler (the HTTP protocol layer and ASGI both call it: ``http/direct.py``, ``fastpath.py``)."""
+    return await _infer(call, engine_of(call).model(name))
 
 
 @router.post(
@@ -117,13 +123,13 @@ async def infer(name: str, request: Request) -> Response:
     openapi_extra=body_doc(InferRequest, None, None),
 )
 async def infer_version(name: str, version: str, request: Request) -> Response:
-    return await _infer(request, _versioned(engine_of(request).model(name), version))
+    return await _infer(Call.of(request), _versioned(engine_of(request).model(name), version))
 
 
-async def _infer(request: Request, m: ModelRuntime) -> Response:
-    engine, settings = engine_of(request), settings_of(request)
-    body = await request_body(request, settings, m.d_in, binary_ok=False)
-    req = await offload_of(request).run(parse.infer_request, body, m.d_in, settings.max_rows)
+async def _infer(call: Call, m: ModelRuntime) -> Response:
+    engine, settings = engine_of(call), settings_of(call)
+    body = await request_body(call, settings, m.d_in, binary_ok=False)
+    req = await offload_of(call).run(parse.infer_request, body, m.d_in, settings.max_rows)
     x = req.x
     codes = await engine.encode(m, x, req.max_active)
     arrays: dict[str, tuple[str, np.ndarray]] = {

@@ -1,4 +1,7 @@
-"""The /v1 API: model listing, encode, decode, denoise. Thin: parse → engine → render."""
+"""The /v1 API: model listing, encode, decode, denoise. Thin: parse → engine → render.
+
+The hot handlers (``handle_encode``, ``handle_decode``, ``handle_denoise``) take a :class:`Call`, so that the
+HTTP protocol layer (``http/direct.py``) and ASGI (the FastAPI routes here, ``fastpath.py``) run the same code."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from sparsecodes import bundle
 from sparsecodes.codes import SparseCodes
 from sparsecodes.serve import codec, parse
+from sparsecodes.serve.http.call import Call
 from sparsecodes.serve.parse import Body
 from sparsecodes.serve.runtime import ModelRuntime
 from sparsecodes.serve.schemas import (
@@ -69,10 +73,10 @@ def _code_tensors(codes: SparseCodes) -> dict[str, np.ndarray]:
     return {"indptr": codes.indptr, "indices": codes.indices, "values": codes.values, "l0": codes.l0}
 
 
-async def _rows(request: Request, m: ModelRuntime, options_model: type) -> tuple[Body, parse.RowsRequest]:
-    settings = settings_of(request)
-    body = await request_body(request, settings, m.d_in)
-    return body, await offload_of(request).run(parse.rows_request, body, m.d_in, settings.max_rows, options_model)
+async def _rows(call: Call, m: ModelRuntime, options_model: type) -> tuple[Body, parse.RowsRequest]:
+    settings = settings_of(call)
+    body = await request_body(call, settings, m.d_in)
+    return body, await offload_of(call).run(parse.rows_request, body, m.d_in, settings.max_rows, options_model)
 
 
 @router.post(
@@ -82,16 +86,20 @@ async def _rows(request: Request, m: ModelRuntime, options_model: type) -> tuple
     openapi_extra=body_doc(EncodeRequest, EncodeOptions, _BINARY_INPUTS),
 )
 async def encode(name: str, request: Request) -> Response:
-    engine = engine_of(request)
+    return await handle_encode(name, Call.of(request))
+
+
+async def handle_encode(name: str, call: Call) -> Response:
+    engine = engine_of(call)
     m = engine.model(name)
-    body, req = await _rows(request, m, EncodeOptions)
+    body, req = await _rows(call, m, EncodeOptions)
     x, opts = req.x, req.options
     codes = await engine.encode(m, x, opts.max_active)
     x_hat = error = None
     if opts.return_reconstruction:
         x_hat = await engine.decode(m, codes)
         error = engine.observe_error(m, x, x_hat)
-    if wants_binary(request, body):
+    if wants_binary(call, body):
         tensors = _code_tensors(codes)
         if x_hat is not None:
             tensors |= {"reconstructions": x_hat, "reconstruction_error": error.astype(np.float32)}
@@ -116,13 +124,17 @@ async def encode(name: str, request: Request) -> Response:
     openapi_extra=body_doc(DecodeRequest, DecodeOptions, _BINARY_CODES),
 )
 async def decode(name: str, request: Request) -> Response:
-    engine, settings = engine_of(request), settings_of(request)
+    return await handle_decode(name, Call.of(request))
+
+
+async def handle_decode(name: str, call: Call) -> Response:
+    engine, settings = engine_of(call), settings_of(call)
     m = engine.model(name)
     # A row's code carries up to d_served indices and as many values (CSR adds one indptr entry per row).
-    body = await request_body(request, settings, 2 * m.d_served + 1)
-    req = await offload_of(request).run(parse.codes_request, body, m.d_served, settings.max_rows)
+    body = await request_body(call, settings, 2 * m.d_served + 1)
+    req = await offload_of(call).run(parse.codes_request, body, m.d_served, settings.max_rows)
     x_hat = await engine.decode(m, req.codes)
-    if wants_binary(request, body):
+    if wants_binary(call, body):
         return binary_response({"reconstructions": x_hat}, {"model": m.name, "version": m.manifest.version})
     b64 = use_base64(req.options.encoding_format, req.base64)
     return json_response({"model": m.name, "version": m.manifest.version, "reconstructions": codec.matrix_to_json(x_hat, b64)})
@@ -135,14 +147,18 @@ async def decode(name: str, request: Request) -> Response:
     openapi_extra=body_doc(DenoiseRequest, DenoiseOptions, _BINARY_INPUTS),
 )
 async def denoise(name: str, request: Request) -> Response:
-    engine = engine_of(request)
+    return await handle_denoise(name, Call.of(request))
+
+
+async def handle_denoise(name: str, call: Call) -> Response:
+    engine = engine_of(call)
     m = engine.model(name)
-    body, req = await _rows(request, m, DenoiseOptions)
+    body, req = await _rows(call, m, DenoiseOptions)
     x, opts = req.x, req.options
     codes = await engine.encode(m, x, opts.max_active)
     x_hat = await engine.decode(m, codes)
     engine.observe_error(m, x, x_hat)
-    if wants_binary(request, body):
+    if wants_binary(call, body):
         return binary_response({"outputs": x_hat} | _code_tensors(codes), {"model": m.name, "version": m.manifest.version})
     b64 = use_base64(opts.encoding_format, req.base64)
     return json_response({

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     """Slowest average body rate accepted after ``body_timeout_s`` (64 KiB/s: a 64 MiB body may take 17 min)."""
     keep_alive_s: float = Field(5.0, gt=0)
     """An idle keep-alive connection is closed after this long (put it above any proxy's idle timeout in front)."""
+    direct_routes: bool = True
+    """Serve the hot routes (POST encode, decode, denoise, infer) in the HTTP protocol layer, without the ASGI
+    stack (``serve/http/direct.py``); false: through ASGI and FastAPI's middleware, as every other route."""
     parse_workers: int = Field(1, ge=0)
     """Processes that parse JSON bodies over 1 MiB off the event loop (0: on the event loop). Spawned on first
     use: a script that starts the server itself must do so under ``if __name__ == "__main__":``."""

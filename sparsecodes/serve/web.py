@@ -1,29 +1,45 @@
 """HTTP plumbing shared by the /v1 and /v2 routes: bounded body reading, content negotiation, option
-parsing, API-key auth, and the OpenAPI description of raw-body endpoints."""
+parsing, API-key auth, what every request records (its id, the latency histogram, the log line), error
+rendering, and the OpenAPI description of raw-body endpoints."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from fastapi import Request, Response
+from prometheus_client import Histogram
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sparsecodes.serve import codec
+from sparsecodes.serve import codec, metrics
 from sparsecodes.serve.engine import Engine
-from sparsecodes.serve.errors import NotReady, Unauthorized, UnsupportedMediaType
+from sparsecodes.serve.errors import (
+    InternalError,
+    NotReady,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_body,
+    status_of,
+)
 from sparsecodes.serve.http.body import BodyLimits, read_body
+from sparsecodes.serve.http.call import Call
 from sparsecodes.serve.http.offload import Offload
 from sparsecodes.serve.parse import Body
 from sparsecodes.serve.schemas import ErrorResponse
 from sparsecodes.serve.settings import Settings
 
+log = logging.getLogger("sparsecodes.app")
 
-def engine_of(request: Request) -> Engine:
+
+def engine_of(request: Request | Call) -> Engine:
     """The running engine. Not gated on readiness: after SIGTERM readiness is off (no new traffic is
     routed here) but requests already on their way are still served until uvicorn stops."""
     engine: Engine | None = getattr(request.app.state, "engine", None)
@@ -32,20 +48,20 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def settings_of(request: Request) -> Settings:
+def settings_of(request: Request | Call) -> Settings:
     return request.app.state.settings
 
 
-def offload_of(request: Request) -> Offload:
+def offload_of(request: Request | Call) -> Offload:
     return request.app.state.offload
 
 
-def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+def _media_type(call: Call) -> str:
+    return (call.header(b"content-type") or "").split(";")[0].strip().lower()
 
 
-def _is_binary(request: Request, binary_ok: bool) -> bool:
-    media = _media_type(request)
+def _is_binary(call: Call, binary_ok: bool) -> bool:
+    media = _media_type(call)
     if media == codec.BINARY_MEDIA_TYPE and binary_ok:
         return True
     if media in ("", codec.JSON_MEDIA_TYPE) or media.endswith("+json"):
@@ -54,18 +70,18 @@ def _is_binary(request: Request, binary_ok: bool) -> bool:
     raise UnsupportedMediaType(f"Content-Type {media!r} is not supported here; send {accepted}")
 
 
-async def request_body(request: Request, settings: Settings, values_per_row: int, binary_ok: bool = True) -> Body:
+async def request_body(call: Call, settings: Settings, values_per_row: int, binary_ok: bool = True) -> Body:
     """The request's body, read within what ``max_rows`` rows of ``values_per_row`` values can need
     (``http/body.py``), with its encoding and query options."""
-    binary = _is_binary(request, binary_ok)
+    binary = _is_binary(call, binary_ok)
     limits = BodyLimits.for_rows(settings.max_body_bytes, settings.max_rows, values_per_row, binary)
-    data = await read_body(request, limits)
-    return Body(data, binary, dict(request.query_params) if request.scope["query_string"] else {})
+    data = await read_body(call, limits)
+    return Body(data, binary, call.query())
 
 
-def wants_binary(request: Request, body: Body) -> bool:
+def wants_binary(call: Call, body: Body) -> bool:
     """Binary response when ``Accept`` asks for it, or the request was binary and JSON was not asked for."""
-    accept = request.headers.get("accept", "")
+    accept = call.header(b"accept") or ""
     if codec.BINARY_MEDIA_TYPE in accept:
         return True
     return body.binary and codec.JSON_MEDIA_TYPE not in accept
@@ -81,6 +97,66 @@ def json_response(content: Any, status_code: int = 200) -> Response:
 
 def binary_response(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Response:
     return Response(codec.write_tensors(tensors, metadata), media_type=codec.BINARY_MEDIA_TYPE)
+
+
+# -- what every request records -------------------------------------------------------------------------
+
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+QUIET_ROUTES = frozenset({"/metrics", "/v2/health/live", "/v2/health/ready"})
+"""Routes logged at debug level (probes and scrapes would drown the log)."""
+
+
+def request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-Id`` (printable, at most 128 characters), else a new id: unique across
+    replicas (a random per-process prefix) without a syscall per request."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            text = value.decode("latin-1")[:128]
+            if text and text.isprintable():
+                return text
+            break
+    return f"{_ID_PREFIX}{next(_id_counter):010x}"
+
+
+_durations: dict[tuple[str, str, int], Histogram] = {}
+
+
+def record_request(method: str, path: str, route: str, model: str, status: int, seconds: float, rid: str) -> None:
+    """One finished request: the latency histogram (by route template, model, status) and one log line."""
+    key = (route, model, status)
+    child = _durations.get(key)
+    if child is None:  # labels() costs a lock and a tuple hash each time: looked up once per label set
+        child = _durations[key] = metrics.REQUEST_DURATION.labels(route=route, model=model, status=str(status))
+    child.observe(seconds)
+    level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level, "%s %s %d", method, path, status,
+            extra={
+                "request_id": rid, "method": method, "path": path, "route": route,
+                "status": status, "duration_ms": round(seconds * 1000, 3), "model": model or None,
+            },
+        )
+
+
+def render_service_error(exc: ServiceError, rid: str | None) -> Response:
+    """A domain error as its JSON response (5xx are logged with the traceback and the request id)."""
+    status = status_of(exc)
+    if status >= 500:
+        log.error("%s: %s", exc.type, exc.message, exc_info=exc.__cause__ or exc, extra={"request_id": rid})
+    response = json_response(error_body(exc, rid), status_code=status)
+    if status == 401:
+        response.headers["www-authenticate"] = "Bearer"
+    return response
+
+
+def internal_error_response(rid: str) -> Response:
+    """The answer to an exception no handler answered: a 500 that closes the connection."""
+    error = InternalError(f"internal error; quote request id {rid} when reporting it")
+    response = json_response(error_body(error, rid), status_code=500)
+    response.headers["connection"] = "close"
+    return response
 
 
 # -- auth ----------------------------------------------------------------------------------------------
@@ -105,19 +181,22 @@ def check_api_key(authorization: str | None, keys: list[str]) -> None:
         raise Unauthorized("API key not accepted")
 
 
+def authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
+    return next((v.decode("latin-1") for k, v in headers if k == b"authorization"), None)
+
+
 class ApiKeyAuth:
     """Pure ASGI middleware (cheaper than a per-route dependency): 401 for protected paths without a key."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], on_error: Callable[[Scope, Unauthorized], Response]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[str], on_error: Callable[[Scope, ServiceError], Response]) -> None:
         self.app = app
         self.keys = keys
         self.on_error = on_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.keys and scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIXES):
-            header = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), None)
             try:
-                check_api_key(header, self.keys)
+                check_api_key(authorization(scope.get("headers", [])), self.keys)
             except Unauthorized as e:
                 await self.on_error(scope, e)(scope, receive, send)
                 return

@@ -16,11 +16,11 @@ body streams in. A client that goes away mid-body is no server error: :class:`Cl
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from starlette.requests import Request
-
 from sparsecodes.serve.errors import ClientClosedRequest, PayloadTooLarge, RequestTimeout
+from sparsecodes.serve.http.call import Call
 from sparsecodes.serve.http.protocol import TIMEOUT_SCOPE_KEY
 
 JSON_BYTES_PER_VALUE = 64
@@ -44,6 +44,7 @@ class BodyLimits:
     """Which limit ``max_bytes`` is, for the 413 message."""
 
     @classmethod
+    @functools.cache  # a few models × two encodings: computed once, not per request
     def for_rows(cls, max_body_bytes: int, max_rows: int, values_per_row: int, binary: bool) -> BodyLimits:
         values = max_rows * values_per_row
         per_value = BINARY_BYTES_PER_VALUE if binary else JSON_BYTES_PER_VALUE
@@ -62,24 +63,24 @@ def _too_large(size: int | None, limits: BodyLimits) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body {got}exceeds the limit of {limits.max_bytes} bytes ({limits.source})")
 
 
-def _content_length(request: Request) -> int | None:
-    declared = request.headers.get("content-length")
+def _content_length(call: Call) -> int | None:
+    declared = call.header(b"content-length")
     return int(declared) if declared is not None and declared.isdigit() else None
 
 
-async def read_body(request: Request, limits: BodyLimits) -> bytes:
+async def read_body(call: Call, limits: BodyLimits) -> bytes:
     """The whole body, refused (413) as soon as it is known to break ``limits``."""
-    declared = _content_length(request)
+    declared = _content_length(call)
     if declared is not None and declared > limits.max_bytes:
         raise _too_large(declared, limits)
     counting = limits.max_separators is not None and (declared is None or declared > limits.max_separators)
     chunks: list[bytes] = []
     size = separators = 0
-    receive = request.receive
+    receive = call.receive
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            raise _gone(request)
+            raise _gone(call)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limits.max_bytes:
@@ -96,7 +97,7 @@ async def read_body(request: Request, limits: BodyLimits) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _gone(request: Request) -> Exception:
-    if request.scope.get(TIMEOUT_SCOPE_KEY):
+def _gone(call: Call) -> Exception:
+    if call.scope.get(TIMEOUT_SCOPE_KEY):
         return RequestTimeout("the request body arrived too slowly (SPARSECODES_BODY_TIMEOUT_S)")
     return ClientClosedRequest("the client closed the connection before its request body arrived")

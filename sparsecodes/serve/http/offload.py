@@ -34,6 +34,8 @@ T = TypeVar("T")
 
 PARSE_NICENESS = 10
 MAX_FAILURES = 3
+_PARSES = {where: BODY_PARSES.labels(where=where) for where in ("inline", "worker", "thread")}
+"""The counter's series, looked up once (``labels()`` cost 3 % of the event loop at 64 single-row clients)."""
 INLINE_BYTES = 1024 * 1024
 """Bodies below this are parsed in place. Measured on the loaded 2-core machine: a 256 KiB JSON body of 212
 rows parses in 1.3 ms in place (about 5 ms per MiB) but takes 17 ms through a worker (a round trip alone is
@@ -53,13 +55,13 @@ class Offload:
         if len(body.data) < INLINE_BYTES:
             return self._inline(parse, body, *args)
         if body.binary:
-            BODY_PARSES.labels(where="thread").inc()
+            _PARSES["thread"].inc()
             return await asyncio.get_running_loop().run_in_executor(self.threads, parse, body, *args)
         if self.workers == 0:
             return self._inline(parse, body, *args)
         try:
             future = self._processes().submit(parse, body, *args)
-            BODY_PARSES.labels(where="worker").inc()
+            _PARSES["worker"].inc()
             return await asyncio.wrap_future(future)
         except BrokenProcessPool:
             self._broken()
@@ -67,7 +69,7 @@ class Offload:
 
     @staticmethod
     def _inline(parse: Callable[..., T], body: Body, *args: Any) -> T:
-        BODY_PARSES.labels(where="inline").inc()
+        _PARSES["inline"].inc()
         return parse(body, *args)
 
     def _broken(self) -> None:

@@ -21,6 +21,10 @@ documents; this subclass of its httptools protocol adds, per connection:
 
 Cost on the hot path: a few attribute updates per request and per header; a timer exists only while a head
 or a body is incomplete (a request that arrives in one read never arms one).
+
+The hot routes (encode, decode, denoise, infer) are served from here, without ASGI, when the app offers them
+(``app.state.direct_routes``, ``direct.py``): a :class:`DirectCycle` takes the place of uvicorn's ASGI cycle
+(same body streaming, flow control, pipelining and keep-alive) and writes its answer in one piece.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from sparsecodes.serve.errors import (
     HeaderTooLarge,
@@ -94,6 +98,71 @@ def refusal(error: ServiceError, default_headers: list[tuple[bytes, bytes]]) -> 
     return b"".join(head) + b"\r\n" + body
 
 
+_header_blocks: dict[int, tuple[list[tuple[bytes, bytes]], bytes]] = {}
+
+
+def _header_block(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """uvicorn's default headers (``date``, ``server``) as bytes. uvicorn builds a new list when the date
+    changes (once a second), so a list seen before has the same bytes."""
+    cached = _header_blocks.get(id(default_headers))
+    if cached is not None and cached[0] is default_headers:
+        return cached[1]
+    block = b"".join(name + b": " + value + b"\r\n" for name, value in default_headers)
+    _header_blocks.clear()  # only the current list matters
+    _header_blocks[id(default_headers)] = (default_headers, block)
+    return block
+
+
+class DirectCycle(RequestResponseCycle):
+    """uvicorn's request/response cycle for a request the protocol serves itself (``direct.py``): the body
+    arrives through the inherited ``receive`` (100-continue, flow control, disconnects), ``run_asgi`` runs the
+    direct route instead of the ASGI app, and :meth:`write` sends the whole response in one write."""
+
+    target: Any
+    """The route and model name the request is for (``direct.Target``)."""
+    headers: list[tuple[bytes, bytes]]
+
+    async def run_asgi(self, app: Any) -> None:  # ``app``: the direct routes' ``serve``
+        try:
+            await app(self)
+        finally:
+            self.on_response = lambda: None
+
+    async def write(self, response: Any, rid: str) -> None:
+        """Status line, uvicorn's default headers, the response's own, ``x-request-id`` and the body at once
+        (the ASGI path wrote the head and the body apart: two socket writes per response)."""
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        head = [STATUS_LINE[response.status_code], _header_block(self.default_headers)]
+        for name, value in response.raw_headers:
+            if name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+            head += (name, b": ", value, b"\r\n")
+        head += (b"x-request-id: ", rid.encode(), b"\r\n")
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head += (b"\r\n", response.body)
+        self.response_started = self.response_complete = True
+        self.transport.write(b"".join(head))
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
+
+
+def _direct_routes(app: Any) -> Any:
+    """The direct routes the app offers (``app.state.direct_routes``), looked for through the middlewares
+    uvicorn wraps around it (each keeps the app it wraps as ``.app``); ``None`` for an app without."""
+    for _ in range(8):
+        routes = getattr(getattr(app, "state", None), "direct_routes", None)
+        if routes is not None or app is None:
+            return routes
+        app = getattr(app, "app", None)
+    return None
+
+
 class _Transport:
     """The transport as uvicorn's code sees it. uvicorn closes a connection by ``transport.close()``; when
     the request's body is still arriving (an early 401 or 413), that close turns into a lingering one, so
@@ -143,6 +212,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._closing = False
         self._draining = False
         self._heard_at = self._linger_start = 0.0
+        # Not with a root path or a concurrency limit: uvicorn applies those on its way to the ASGI app.
+        plain = not self.root_path and self.limit_concurrency is None
+        self.direct = _direct_routes(self.app) if plain else None
 
     # -- connection ------------------------------------------------------------------------------------
 
@@ -246,10 +318,35 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._state = BODY
         self._head_bytes = self._body_bytes = 0
         self._body_start = self.loop.time()
-        super().on_headers_complete()
+        target = self.direct.target(self.parser.get_method(), self.url) if self.direct is not None else None
+        if target is None or self.parser.should_upgrade():
+            super().on_headers_complete()
+        else:
+            self._start_direct(target)
         # Withheld until the body is complete: answered before that, the connection closes after the answer.
         self._keep_alive = self.cycle.keep_alive and not self._draining
         self.cycle.keep_alive = False
+
+    def _start_direct(self, target: Any) -> None:
+        """What uvicorn's ``on_headers_complete`` does, with a :class:`DirectCycle` running the direct route."""
+        http_version = self.parser.get_http_version()
+        scope = self.scope
+        scope["method"], scope["path"], scope["query_string"] = "POST", target.path, target.query_string
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        cycle = DirectCycle(
+            scope=scope, transport=self.transport, flow=self.flow, logger=self.logger, access_logger=self.access_logger,
+            access_log=self.access_log, default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=self.expect_100_continue, keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
+            on_response=self.on_response_complete,
+        )
+        cycle.target, cycle.headers = target, self.headers
+        existing, self.cycle = self.cycle, cycle
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, self.direct.serve)  # type: ignore[union-attr, arg-type]
+        else:  # pipelined: started when the one before is answered (uvicorn's queue)
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, self.direct.serve))  # type: ignore[union-attr, arg-type]
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
