@@ -111,6 +111,33 @@ def test_budget_penalty_is_one_sided_and_pushes_k_hat_down() -> None:
     assert c_grad(1.0) - c_grad(0.0) > 0.1, "the budget's gradient must lower k̂ (descent lowers c)"
 
 
+def test_calibration_steers_the_budget_target_then_k_hat_toward_a_served_l0_of_k() -> None:
+    x = torch.randn(256, D_IN)
+    model = tiny(calibrate=True)
+    model.c.data.fill_(-1.0)  # k̂ ≈ 2k · σ(−1) ≈ 0.54 k: the served L0 is well under k
+    model(x, x, Progress(step=0, total_steps=1000))  # budget anneal: nothing moves
+    assert float(model.budget_shift) == 0 and float(model.k_shift) == 0
+    model(x, x, Progress(step=500, total_steps=1000))  # soft phase: the penalty's target
+    assert float(model.budget_shift) > 0 and float(model.k_shift) == 0, "an L0 under k must raise the target"
+    model(x, x, Progress(step=999, total_steps=1000))  # hard phase: k̂ itself
+    assert float(model.k_shift) > 0
+    model.eval()
+    before = (float(model.budget_shift), float(model.k_shift))
+    model(x, x, Progress(step=500, total_steps=1000))
+    model(x, x, Progress(step=999, total_steps=1000))
+    assert (float(model.budget_shift), float(model.k_shift)) == before, "evaluation must not calibrate"
+
+    model = tiny(calibrate=True, calibrate_gain=1.0)
+    model.c.data.fill_(-1.0)
+    for _ in range(20):
+        model(x, x, Progress(step=999, total_steps=1000))
+    assert float(model.encode(x).ne(0).sum(-1).float().mean()) == pytest.approx(K, abs=0.5)
+    uncalibrated = tiny()  # off by default
+    uncalibrated(x, x, Progress(step=500, total_steps=1000))
+    uncalibrated(x, x, Progress(step=999, total_steps=1000))
+    assert float(uncalibrated.budget_shift) == 0 and float(uncalibrated.k_shift) == 0
+
+
 def test_config_rejects_contradictions() -> None:
     with pytest.raises(ValueError, match=r"k_max = 2·k < d_sae"):
         build(make_config("softsae", d_in=8, d_sae=16, k=8))

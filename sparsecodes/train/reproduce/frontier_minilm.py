@@ -74,7 +74,7 @@ QUICK_LEVELS: dict[str, list[Any]] = {"topk": [8, 16, 32], "relu_l1": [0.4, 0.1]
 FIXED: dict[str, dict[str, Any]] = {
     "topk": {"d_sae": D_SAE},
     "batchtopk": {"d_sae": D_SAE},
-    "softsae": {"d_sae": D_SAE},
+    "softsae": {"d_sae": D_SAE, "calibrate": True},  # served mean L0 = k, as TopK's and BatchTopK's
     "relu_l1": {"d_sae": D_SAE},
     "vaease": {"hidden": [600]},  # the authors' activation setting: one Swish hidden layer of 600
 }
@@ -410,3 +410,40 @@ def plot(rows: list[dict[str, Any]], p: Plan, ctx: Context) -> str:
         axes[1][col].set_xlabel("mean L0 (active latents per token)")
         axes[0][col].legend(fontsize=8)
     return save_figure(fig, ctx, "frontier.png")
+
+
+# -- follow-up fits at one budget ----------------------------------------------------------------------
+
+
+def follow_up(argv: list[str] | None = None) -> None:
+    """Fit chosen models at one budget with the study's settings, seed 0, and write their records.
+
+    ``python -m sparsecodes.train.reproduce.frontier_minilm --rows 8000000 --fit softsae:16:1 topk:16:3
+    --out F.json --jobs 2``: each ``KIND:LEVEL:LR_SCALE`` is one model (the lr multiple the study's tuning
+    chose). What docs/reproduction.md reports beyond the study's two budgets came from this.
+    """
+    import argparse
+    import json
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(prog="python -m sparsecodes.train.reproduce.frontier_minilm")
+    ap.add_argument("--rows", type=int, required=True, help="training rows per model")
+    ap.add_argument("--fit", nargs="+", required=True, metavar="KIND:LEVEL:LR_SCALE")
+    ap.add_argument("--out", type=Path, required=True, help="JSON file of the records")
+    ap.add_argument("--jobs", type=int, default=1)
+    args = ap.parse_args(argv)
+    p = Plan(max_tokens=200_000, tune_rows=0, budgets={"follow-up": args.rows}, chunks=24)
+    jobs = []
+    for spec in args.fit:
+        kind, level, scale = spec.split(":")
+        knob_type = type(LEVELS[kind][1][0])
+        jobs.append(Job("fit", kind, knob_type(level), 0, "follow-up", args.rows, float(scale)))
+    ctx = Context(out=args.out.parent, quick=False, seeds=[0], jobs=args.jobs)
+    records = run_jobs(jobs, p, ctx, "follow-up")
+    args.out.write_text(json.dumps(records, indent=1))
+    for r in records:
+        print({k: r[k] for k in ("kind", "level", "fvu", "l0_mean", "l0_std", "cos_all", "seconds")})
+
+
+if __name__ == "__main__":
+    follow_up()
