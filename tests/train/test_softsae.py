@@ -138,6 +138,19 @@ def test_calibration_steers_the_budget_target_then_k_hat_toward_a_served_l0_of_k
     assert float(uncalibrated.budget_shift) == 0 and float(uncalibrated.k_shift) == 0
 
 
+def test_a_state_saved_before_the_calibration_loads_uncalibrated() -> None:
+    saved = tiny(calibrate=True)
+    saved.k_shift.fill_(1.5)
+    state = {k: v for k, v in saved.state_dict().items() if k not in ("budget_shift", "k_shift")}
+    loaded = tiny()
+    loaded.k_shift.fill_(3.0)
+    loaded.load_state_dict(state)  # strict: every other key must still match
+    assert float(loaded.k_shift) == 0 and float(loaded.budget_shift) == 0
+    x = torch.randn(16, D_IN)
+    saved.k_shift.zero_()
+    assert torch.equal(loaded.encode(x), saved.encode(x))
+
+
 def test_config_rejects_contradictions() -> None:
     with pytest.raises(ValueError, match=r"k_max = 2·k < d_sae"):
         build(make_config("softsae", d_in=8, d_sae=16, k=8))

@@ -175,6 +175,12 @@ class SoftSAE(LinearSAE):
         self.register_buffer("budget_shift", torch.zeros(()))
         self.register_buffer("k_shift", torch.zeros(()))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Runs saved before the budget calibration existed have no shifts: they were uncalibrated (0).
+        for name in ("budget_shift", "k_shift"):
+            state_dict.setdefault(prefix + name, torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- schedules --------------------------------------------------------------------------------------
     def schedule(self, progress: Progress | None) -> SoftSAESchedule:
         """α, the budget and the phase at ``progress`` (None: the end of training, i.e. the hard phase)."""

@@ -416,7 +416,7 @@ def plot(rows: list[dict[str, Any]], p: Plan, ctx: Context) -> str:
 
 
 def follow_up(argv: list[str] | None = None) -> None:
-    """Fit chosen models at one budget with the study's settings, seed 0, and write their records.
+    """Fit chosen models at one budget with the study's settings, one seed, and write their records.
 
     ``python -m sparsecodes.train.reproduce.frontier_minilm --rows 8000000 --fit softsae:16:1 topk:16:3
     --out F.json --jobs 2``: each ``KIND:LEVEL:LR_SCALE`` is one model (the lr multiple the study's tuning
@@ -431,18 +431,19 @@ def follow_up(argv: list[str] | None = None) -> None:
     ap.add_argument("--fit", nargs="+", required=True, metavar="KIND:LEVEL:LR_SCALE")
     ap.add_argument("--out", type=Path, required=True, help="JSON file of the records")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="data split and training seed")
     args = ap.parse_args(argv)
     p = Plan(max_tokens=200_000, tune_rows=0, budgets={"follow-up": args.rows}, chunks=24)
     jobs = []
     for spec in args.fit:
         kind, level, scale = spec.split(":")
         knob_type = type(LEVELS[kind][1][0])
-        jobs.append(Job("fit", kind, knob_type(level), 0, "follow-up", args.rows, float(scale)))
-    ctx = Context(out=args.out.parent, quick=False, seeds=[0], jobs=args.jobs)
+        jobs.append(Job("fit", kind, knob_type(level), args.seed, "follow-up", args.rows, float(scale)))
+    ctx = Context(out=args.out.parent, quick=False, seeds=[args.seed], jobs=args.jobs)
     records = run_jobs(jobs, p, ctx, "follow-up")
     args.out.write_text(json.dumps(records, indent=1))
     for r in records:
-        print({k: r[k] for k in ("kind", "level", "fvu", "l0_mean", "l0_std", "cos_all", "seconds")})
+        print({k: r[k] for k in ("kind", "level", "seed", "fvu", "l0_mean", "l0_std", "cos_all", "seconds")})
 
 
 if __name__ == "__main__":
