@@ -230,3 +230,33 @@ def test_an_existing_output_folder_needs_force(quick_runs: dict[str, Path], caps
     assert main(["reproduce", "sosae-size", "--out", str(folder), "--quick", "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (folder / "results.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rows", "0", "--fit", "topk:16:3"], "--rows and --jobs must be >= 1"),
+        (["--rows", "10", "--fit", "topk:16"], "KIND:LEVEL:LR_SCALE"),
+        (["--rows", "10", "--fit", "nope:1:1"], "KIND one of topk"),
+        (["--rows", "10", "--fit", "topk:abc:1"], "LEVEL must be a k value"),
+        (["--rows", "10", "--fit", "topk:16:-1"], "LR_SCALE must be > 0"),
+    ],
+)
+def test_frontier_follow_up_rejects_bad_arguments_before_fitting(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sparsecodes.train.reproduce.frontier_minilm import follow_up
+
+    with pytest.raises(SystemExit) as exit_:
+        follow_up([*argv, "--out", str(tmp_path / "f.json")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_frontier_follow_up_needs_an_existing_output_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sparsecodes.train.reproduce.frontier_minilm import follow_up
+
+    with pytest.raises(SystemExit):
+        follow_up(["--rows", "10", "--fit", "topk:16:3", "--out", str(tmp_path / "no" / "f.json")])
+    assert "does not exist" in capsys.readouterr().err

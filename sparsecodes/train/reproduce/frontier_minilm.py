@@ -433,17 +433,36 @@ def follow_up(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="data split and training seed")
     args = ap.parse_args(argv)
+    if args.rows < 1 or args.jobs < 1:
+        ap.error(f"--rows and --jobs must be >= 1, got {args.rows} and {args.jobs}")
+    if not args.out.parent.is_dir():  # checked before hours of fitting, not after
+        ap.error(f"--out {args.out}: folder {args.out.parent} does not exist")
     p = Plan(max_tokens=200_000, tune_rows=0, budgets={"follow-up": args.rows}, chunks=24)
     jobs = []
     for spec in args.fit:
-        kind, level, scale = spec.split(":")
-        knob_type = type(LEVELS[kind][1][0])
-        jobs.append(Job("fit", kind, knob_type(level), args.seed, "follow-up", args.rows, float(scale)))
+        kind, level, scale = _fit_spec(ap, spec)
+        jobs.append(Job("fit", kind, level, args.seed, "follow-up", args.rows, scale))
     ctx = Context(out=args.out.parent, quick=False, seeds=[args.seed], jobs=args.jobs)
     records = run_jobs(jobs, p, ctx, "follow-up")
     args.out.write_text(json.dumps(records, indent=1))
     for r in records:
         print({k: r[k] for k in ("kind", "level", "seed", "fvu", "l0_mean", "l0_std", "cos_all", "seconds")})
+
+
+
+def _fit_spec(ap: Any, spec: str) -> tuple[str, Any, float]:
+    """``KIND:LEVEL:LR_SCALE`` → (kind, level in the kind's knob type, lr multiple); ``ap.error`` if not."""
+    parts = spec.split(":")
+    if len(parts) != 3 or parts[0] not in LEVELS:
+        ap.error(f"--fit takes KIND:LEVEL:LR_SCALE with KIND one of {', '.join(LEVELS)}, got {spec!r}")
+    kind, level, scale = parts
+    try:
+        value, lr_scale = type(LEVELS[kind][1][0])(level), float(scale)
+    except ValueError:
+        ap.error(f"--fit {spec!r}: LEVEL must be a {LEVELS[kind][0]} value and LR_SCALE a number")
+    if not lr_scale > 0:
+        ap.error(f"--fit {spec!r}: LR_SCALE must be > 0")
+    return kind, value, lr_scale
 
 
 if __name__ == "__main__":
