@@ -99,3 +99,17 @@ def _length(response: bytes) -> int:
         if line.lower().startswith(b"content-length:"):
             return int(line.split(b":")[1])
     return 0
+
+
+def test_the_heap_is_frozen_once_the_models_are_loaded(model_dir: Path) -> None:
+    """What lives as long as the process is moved out of the cyclic collector's view at start-up (app.py)."""
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with TestClient(create_app(Settings(model_dir=model_dir))) as client:
+        assert client.get("/v2/health/ready").status_code == 200
+        assert gc.get_freeze_count() > 0
+    gc.unfreeze()  # the test process's own objects go back to the collector
