@@ -238,8 +238,8 @@ def _freeze_heap() -> None:
     """Move everything alive once the models are loaded (modules, FastAPI's routes, pydantic's schemas, the
     sessions) out of the cyclic garbage collector's view: those objects live as long as the process, yet every
     full collection walked them all. Measured under 64 concurrent single-row clients: 3 full collections in 4 s
-    took 0.22 s of the event loop (about 70 ms each, a stall for every client), and in 5 paired rounds W1 was
-    1–8 % faster with the heap frozen (docs/benchmarks.md, "Peers"). Objects frozen here are still freed by
+    took 0.22 s of the event loop (about 70 ms each, a stall for every client), and over 5 interleaved rounds
+    each, ranked, W1 with the heap frozen was ahead at every rank by 0.6–9.8 % (docs/benchmarks.md, "Peers"). Objects frozen here are still freed by
     reference counting; only a reference cycle among them would never be collected."""
     gc.collect()
     gc.freeze()
