@@ -104,7 +104,12 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
     ``Histogram.observe`` costs a lock per value; a 256-row request would pay 256 of them. This adds the
     same counts through the histogram's own bucket counters (falls back to the loop if they change).
     """
-    values = np.asarray(values, dtype=np.float64).ravel()
+    values = np.asarray(values)
+    if values.size <= 4 and values.dtype.kind in "iu":  # a few code lengths (the usual request): plainly
+        for v in values.ravel().tolist():
+            histogram.observe(v)
+        return
+    values = values.astype(np.float64, copy=False).ravel()
     # A non-finite value would turn the histogram's _sum into +Inf or NaN until restart; callers refuse such
     # results before they get here, so this only guards the metric itself.
     if not np.isfinite(values).all():

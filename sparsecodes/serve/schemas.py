@@ -47,7 +47,7 @@ Flag = Annotated[bool, BeforeValidator(_not_number)]
 
 
 class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)  # frozen: one defaults instance serves every request
 
 
 class EncodeOptions(_Options):
