@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "load": ("bench.load", "60 s of mixed load on loopback: errors, latency, memory growth (--soak: 10 min)"),
     "peers": ("bench.peers", "sparsecodes vs mosec and LitServe on one model: W1 64×1 row, W2 8×256 rows, gRPC (~3 min)"),
     "attack": ("bench.attack", "hostile traffic on loopback: floods, slow clients, huge bodies, SIGTERM (~3 min)"),
+    "handler": ("bench.handler", "the event loop's CPU per W1 request, shipped hot path vs a minimal handler, in-process (~1 min)"),
     "profile": ("bench.profile", "py-spy profile of the server under W1, direct routes vs ASGI: flame graphs and a table (~1 min)"),
 }
 

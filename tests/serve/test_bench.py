@@ -33,3 +33,17 @@ def test_bench_dispatcher_lists_every_benchmark(capsys) -> None:
     out = capsys.readouterr().out
     for name in ("serve", "export", "train", "load"):
         assert f"  {name} " in out, name
+
+
+def test_bench_handler_pairs_the_shipped_path_with_a_minimal_handler(model_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "handler.json"
+    args = ["bench", "handler", "--bundle", str(model_dir / "digits-topk"), "--slices", "2", "--slice-s", "0.2",
+            "--profile", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads(out.read_text())
+    for app in ("minimal", "shipped"):
+        assert results[app]["slices"] == 2 and results[app]["answers_per_s_median"] > 0, app
+        assert 0 < results[app]["loop_cpu_us_min"] <= results[app]["loop_cpu_us_median"], app
+    assert results["cpu_ratio_shipped_to_minimal"]["median"] > 0
+    printed = capsys.readouterr().out
+    assert "| shipped |" in printed and "| function (cProfile, own time) |" in printed and "| all (profiled) |" in printed
