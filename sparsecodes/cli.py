@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("sparsecodes.export.import_cli", "import an SAE saved by SAELens, sparsify or dictionary_learning as a verified bundle"),
     "serve": ("sparsecodes.serve.cli", "serve the bundles in a model folder over HTTP"),
     "demo": ("sparsecodes.export.demo", "train and export the small demo bundles into a model folder"),
-    "bench": ("bench.cli", "train, export, serve, shards, load, peers, attack, profile (benchmarks; from a checkout)"),
+    "bench": ("bench.cli", "train, export, serve, shards, load, peers, attack, handler, profile (benchmarks; from a checkout)"),
     "reproduce": ("sparsecodes.train.reproduce", "reproduce a paper's claim end to end (seeded; --quick for CI)"),
 }
 
