@@ -44,6 +44,7 @@ def test_bench_handler_pairs_the_shipped_path_with_a_minimal_handler(model_dir: 
     for app in ("minimal", "shipped"):
         assert results[app]["slices"] == 2 and results[app]["answers_per_s_median"] > 0, app
         assert 0 < results[app]["loop_cpu_us_min"] <= results[app]["loop_cpu_us_median"], app
-    assert results["cpu_ratio_shipped_to_minimal"]["median"] > 0
+        assert results[app]["process_cpu_us_median"] > 0, app
+    assert results["cpu_ratio_shipped_to_minimal"]["median"] > 0 and results["process_cpu_ratio_shipped_to_minimal"]["median"] > 0
     printed = capsys.readouterr().out
     assert "| shipped |" in printed and "| function (cProfile, own time) |" in printed and "| all (profiled) |" in printed
