@@ -38,6 +38,7 @@ import orjson
 
 from bench.serve import build_bundle_elsewhere, encode_requests
 from sparsecodes import bundle as bundle_io
+from sparsecodes.errors import CommandError
 from sparsecodes.fsutil import write_json
 
 CONNECTIONS = 64
@@ -156,13 +157,16 @@ def minimal_app(bundle: Path, settings: Any) -> Any:
 
     model = load_model(bundle, ["CPUExecutionProvider"])
     load = [0]
-    batcher = Batcher(model.encode, lambda codes, start, stop: codes.rows(start, stop), executor=ThreadPoolExecutor(4),
+    threads = ThreadPoolExecutor(4, thread_name_prefix="minimal-ort")
+    batcher = Batcher(model.encode, lambda codes, start, stop: codes.rows(start, stop), executor=threads,
                       max_batch_size=settings.max_batch_size, max_wait_s=settings.max_wait_ms / 1000, load=lambda: load[0])
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
+            await batcher.close()
+            threads.shutdown(wait=True)
             await send({"type": "lifespan.shutdown.complete"})
             return
         load[0] += 1
@@ -291,6 +295,11 @@ def markdown(results: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import uvloop
+
+    if args.slices < 1 or not args.slice_s > 0:
+        raise CommandError(f"need --slices ≥ 1 and --slice-s > 0 (got {args.slices} and {args.slice_s:g})")
+    if args.bundle is not None and not (args.bundle / bundle_io.MANIFEST_FILE).is_file():
+        raise CommandError(f"--bundle {args.bundle} is not a bundle folder (no {bundle_io.MANIFEST_FILE} in it)")
 
     with tempfile.TemporaryDirectory(prefix="sparsecodes-handler-") as tmp:
         bundle = args.bundle or build_bundle_elsewhere(Path(tmp) / "main", 384, 4096, 32)

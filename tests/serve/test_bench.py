@@ -48,3 +48,13 @@ def test_bench_handler_pairs_the_shipped_path_with_a_minimal_handler(model_dir: 
     assert results["cpu_ratio_shipped_to_minimal"]["median"] > 0 and results["process_cpu_ratio_shipped_to_minimal"]["median"] > 0
     printed = capsys.readouterr().out
     assert "| shipped |" in printed and "| function (cProfile, own time) |" in printed and "| all (profiled) |" in printed
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--slices", "0"], "need --slices ≥ 1 and --slice-s > 0"),
+    (["--slice-s", "-1"], "need --slices ≥ 1 and --slice-s > 0"),
+    (["--bundle", "."], "is not a bundle folder"),
+])
+def test_bench_handler_refuses_bad_arguments_before_building_anything(args: list[str], says: str, capsys) -> None:
+    assert main(["bench", "handler", *args]) == 2
+    assert says in capsys.readouterr().err
