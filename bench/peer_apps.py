@@ -5,10 +5,14 @@ the shape of sparsecodes' float answer), orjson both ways, the service's own ONN
 
 Each peer is a module of its own (its worker classes must be importable by name in its worker processes):
 ``python -m bench.peer_mosec ENCODER PORT WORKERS``, ``python -m bench.peer_litserve …``. Needs the ``peers``
-extra."""
+extra. The design probes (``peer_granian``, ``peer_lane``) share :class:`Model` and batch with :class:`Collector`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +46,43 @@ class Model:
 
 def rows_of(body: dict[str, Any]) -> np.ndarray:
     return np.asarray(body["inputs"], dtype=np.float32)
+
+
+class Collector:
+    """Micro-batching for the design probes (``peer_granian``, ``peer_lane``): up to :data:`MAX_BATCH` items
+    or :data:`MAX_WAIT_MS`, ending the wait once every request in the server has arrived (sparsecodes'
+    rule), then ``work(items) -> results`` in a thread and ``done(item, result)`` for each on the event loop."""
+
+    def __init__(self, work: Callable[[list[Any]], list[Any]], done: Callable[[Any, Any], None]) -> None:
+        self.work, self.done = work, done
+        self.pool = ThreadPoolExecutor(4)
+        self.queue: list[Any] = []
+        self.in_flight = 0
+        """Requests the server holds now (their bodies may still be arriving)."""
+        self._wake: asyncio.Event | None = None
+
+    def submit(self, item: Any) -> None:
+        if self._wake is None:
+            self._wake = asyncio.Event()
+            asyncio.get_running_loop().create_task(self._collect(self._wake))
+        self.queue.append(item)
+        self._wake.set()
+
+    async def _collect(self, wake: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.queue:
+                wake.clear()
+                await wake.wait()
+            deadline = loop.time() + MAX_WAIT_MS / 1000
+            while len(self.queue) < MAX_BATCH and self.in_flight > len(self.queue) and (left := deadline - loop.time()) > 0:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), left)
+            batch, self.queue = self.queue[:MAX_BATCH], self.queue[MAX_BATCH:]
+            try:
+                results = await loop.run_in_executor(self.pool, self.work, batch)
+            except Exception as e:  # a probe: one bad body fails its batch, visibly
+                results = [e] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                self.done(item, result)

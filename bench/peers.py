@@ -9,6 +9,10 @@ two), micro-batching on everywhere, no cache (distinct rows would not hit one an
 * W2: 8 concurrent clients × 256 rows per request (large batches);
 * the ceiling: the same graph run in-process by ONNX Runtime at batch 64.
 
+``--probes granian lane`` adds two design probes beside the peers (:data:`PROBES`): what a native HTTP front
+end with a Python coroutine per request reaches, and what a lean protocol that hands Python whole batches
+reaches (docs/benchmarks.md, "Front-end designs").
+
 sparsecodes runs twice: as configured by default (the hot routes served by the HTTP protocol layer,
 ``serve/http/direct.py``) and with ``SPARSECODES_DIRECT_ROUTES=false`` (``asgi``: through FastAPI's stack, the
 path before it), the latter at W1 only, so that both paths' p99 come from the same rounds.
@@ -43,6 +47,10 @@ from sparsecodes.fsutil import write_json
 from sparsecodes.serve import codec
 
 PEERS = {"mosec": "/inference", "litserve": "/predict"}
+PROBES = {"granian": "/inference", "lane": "/inference"}
+"""Design probes, not peers (``--probes``): a minimal handler on granian's RSGI (``bench/peer_granian.py``) and a
+lean protocol with a batch lane (``bench/peer_lane.py``), to measure what each front-end design reaches."""
+ENDPOINTS = PEERS | PROBES
 W1, W2 = (64, 1), (8, 256)  # (clients, rows per request)
 
 
@@ -52,6 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--workers", type=int, nargs="+", default=[1], help="worker processes per server; one run each")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))
+    p.add_argument("--probes", nargs="*", default=[], choices=list(PROBES), help="design probes to run beside the peers")
     p.add_argument("--out", type=Path, default=Path("bench-results/peers.json"))
 
 
@@ -73,7 +82,7 @@ def peer(which: str, encoder: Path, workers: int, probe: bytes, log_dir: Path) -
             if proc.poll() is not None:
                 raise RuntimeError(f"{which} exited with {proc.returncode}: {(log_dir / f'{which}.log').read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                r = httpx.post(f"http://127.0.0.1:{port}{PEERS[which]}", content=probe, headers={"content-type": "application/json"}, timeout=5)
+                r = httpx.post(f"http://127.0.0.1:{port}{ENDPOINTS[which]}", content=probe, headers={"content-type": "application/json"}, timeout=5)
                 if r.status_code == 200:
                     break
             if time.monotonic() > deadline:
@@ -206,7 +215,7 @@ def measure(bundle: Path, workers: int, args: argparse.Namespace, log_dir: Path)
         grpc_port = free_port()
         ours = stack.enter_context(served(bundle, cache_size=0, workers=workers, grpc_port=grpc_port))
         asgi = stack.enter_context(served(bundle, cache_size=0, workers=workers, grpc_port=0, direct_routes=False))
-        ports = {p: stack.enter_context(peer(p, encoder, workers, probe, log_dir)) for p in args.peers}
+        ports = {p: stack.enter_context(peer(p, encoder, workers, probe, log_dir)) for p in [*args.peers, *args.probes]}
         scenarios: list[Scenario] = []
         for w, (clients, rows) in (("W1", W1), ("W2", W2)):
             xs = singles if rows == 1 else batches
@@ -217,7 +226,7 @@ def measure(bundle: Path, workers: int, args: argparse.Namespace, log_dir: Path)
                     requests = encode_requests(name, xs, binary=encoding == "binary")
                     scenarios.append((*http(f"sparsecodes_asgi_{encoding}_W1", asgi, requests, clients), rows))
             for p, port in ports.items():
-                scenarios.append((*http(f"{p}_{w}", port, json_requests(PEERS[p], xs), clients), rows))
+                scenarios.append((*http(f"{p}_{w}", port, json_requests(ENDPOINTS[p], xs), clients), rows))
         messages = infer_messages(name, singles)
         scenarios.append(("sparsecodes_grpc_W1", lambda per: asyncio.run(grpc_load(grpc_port, messages, W1[0], per, 0.2)), 1))
         timings = interleave(scenarios, (encoder, xs64), args.rounds, args.duration / args.rounds)
@@ -247,6 +256,10 @@ def ratios(t: dict[str, dict[str, float]]) -> dict[str, float]:
         for w in ("W1", "W2"):
             if f"{p}_{w}" in t:
                 out[f"sparsecodes best {w} / {p}_{w}"] = div(best[w], t[f"{p}_{w}"]["rows_per_s"])
+    for p in PROBES:
+        if f"{p}_W1" in t and "mosec_W1" in t:
+            out[f"probe {p}_W1 / mosec_W1"] = div(t[f"{p}_W1"]["rows_per_s"], t["mosec_W1"]["rows_per_s"])
+            out[f"probe {p}_W1 / ceiling_64"] = div(t[f"{p}_W1"]["rows_per_s"], t["ceiling_64"]["rows_per_s"])
     for encoding in ("json", "binary"):
         out[f"p99 W1 {encoding}: direct / asgi"] = div(t[f"sparsecodes_{encoding}_W1"]["p99_ms"], t[f"sparsecodes_asgi_{encoding}_W1"]["p99_ms"])
     return out

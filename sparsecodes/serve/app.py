@@ -225,6 +225,9 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
             restore()
             if grpc_server is not None:
                 await grpc_server.stop(settings.graceful_timeout_s)
+            direct = getattr(app.state, "direct_routes", None)
+            if direct is not None:
+                await direct.close_lanes()  # answers what the batch lanes hold, while the engine still runs
             app.state.engine = None
             openapi.invalidate_openapi(app)
             await asyncio.to_thread(app.state.offload.close)

@@ -45,7 +45,7 @@ _ST_NAMES = {np.dtype(v).str: k for k, v in _ST_DTYPES.items()}
 def loads(body: bytes) -> Any:
     """Parse a JSON body; NaN/Infinity (which some encoders emit) are named as such, and a key given twice in
     one object is refused (orjson would silently keep the last)."""
-    if not body.strip():
+    if not body or body.isspace():  # not ``strip()``: that copies the body
         raise MalformedBody("the request body is empty; expected a JSON object")
     try:
         data = orjson.loads(body)

@@ -152,17 +152,18 @@ class Engine:
             codes = (await self._infer(m, x)).cap(max_active)
         else:
             codes = await self._encode_cached(m, x, max_active)
-        self._record_l0(m, codes)
+        self.record_l0(m, codes.l0)
         return codes
 
-    def _record_l0(self, m: ModelRuntime, codes: SparseCodes) -> None:
-        """The one sink of served code lengths: the Prometheus histogram and the recent-L0 buffer, for
-        every route (/v1, /v2) that encodes."""
+    def record_l0(self, m: ModelRuntime, l0: np.ndarray) -> None:
+        """The one sink of served code lengths ``l0 [n]``: the Prometheus histogram and the recent-L0 buffer,
+        for every route (/v1, /v2) that encodes, and the batch lane (``http/lane.py``, a batch at once). On
+        the event loop."""
         histogram = self._l0_histograms.get(m.name)
         if histogram is None:
             histogram = self._l0_histograms[m.name] = ACTIVE_DIMS.labels(model=m.name)
-        observe_many(histogram, codes.l0)
-        self.recent_l0.record(m.name, codes.l0)
+        observe_many(histogram, l0)
+        self.recent_l0.record(m.name, l0)
 
     async def _encode_cached(self, m: ModelRuntime, x: np.ndarray, max_active: int | None) -> SparseCodes:
         assert self.cache is not None

@@ -84,7 +84,8 @@ HTTP_REFUSALS = Counter(
 BODY_PARSES = Counter(
     "sparsecodes_body_parses",
     "Request bodies parsed, by where: inline (on the event loop: small bodies), worker (a JSON body of 1 MiB or "
-    "more, in a parse worker process), thread (a large binary body).",
+    "more, in a parse worker process), thread (a large binary body), lane (a small encode body, parsed with its "
+    "batch in a worker thread).",
     ["where"],
 )
 REQUESTS_IN_FLIGHT = Gauge(

@@ -99,11 +99,21 @@ async def handle_encode(name: str, call: Call) -> Response:
     if opts.return_reconstruction:
         x_hat = await engine.decode(m, codes)
         error = engine.observe_error(m, x, x_hat)
-    if wants_binary(call, body):
+    return encode_answer(m, req, codes, wants_binary(call, body), x_hat, error)
+
+
+def encode_answer(
+    m: ModelRuntime, req: parse.RowsRequest, codes: SparseCodes, binary: bool,
+    x_hat: np.ndarray | None = None, error: np.ndarray | None = None,
+) -> Response:
+    """The answer to an encode request: its codes (and reconstructions, when asked for), binary or JSON. Also
+    the batch lane's (``http/lane.py``), which renders in a worker thread: nothing here touches the loop."""
+    if binary:
         tensors = _code_tensors(codes)
-        if x_hat is not None:
+        if x_hat is not None and error is not None:
             tensors |= {"reconstructions": x_hat, "reconstruction_error": error.astype(np.float32)}
         return binary_response(tensors, {"model": m.name, "version": m.manifest.version})
+    opts = req.options
     b64 = use_base64(opts.encoding_format, req.base64)
     out: dict[str, Any] = {
         "model": m.name,

@@ -57,15 +57,28 @@ def offload_of(request: Request | Call) -> Offload:
 
 
 def _media_type(call: Call) -> str:
-    return (call.header(b"content-type") or "").split(";")[0].strip().lower()
+    return media_type(call.header(b"content-type"))
 
 
-def _is_binary(call: Call, binary_ok: bool) -> bool:
-    media = _media_type(call)
+def media_type(content_type: str | None) -> str:
+    """A Content-Type header's media type, lower case, without parameters (``""`` when there is none)."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def body_is_binary(media: str, binary_ok: bool = True) -> bool | None:
+    """Whether a body of ``media`` type is binary (``True``) or JSON (``False``); ``None``: neither (415)."""
     if media == codec.BINARY_MEDIA_TYPE and binary_ok:
         return True
     if media in ("", codec.JSON_MEDIA_TYPE) or media.endswith("+json"):
         return False
+    return None
+
+
+def _is_binary(call: Call, binary_ok: bool) -> bool:
+    media = _media_type(call)
+    binary = body_is_binary(media, binary_ok)
+    if binary is not None:
+        return binary
     accepted = f"{codec.JSON_MEDIA_TYPE} or {codec.BINARY_MEDIA_TYPE}" if binary_ok else codec.JSON_MEDIA_TYPE
     raise UnsupportedMediaType(f"Content-Type {media!r} is not supported here; send {accepted}")
 
@@ -81,10 +94,14 @@ async def request_body(call: Call, settings: Settings, values_per_row: int, bina
 
 def wants_binary(call: Call, body: Body) -> bool:
     """Binary response when ``Accept`` asks for it, or the request was binary and JSON was not asked for."""
-    accept = call.header(b"accept") or ""
+    return answer_is_binary(call.header(b"accept") or "", body.binary)
+
+
+def answer_is_binary(accept: str, body_binary: bool) -> bool:
+    """:func:`wants_binary` from the ``Accept`` header's value and the request body's encoding."""
     if codec.BINARY_MEDIA_TYPE in accept:
         return True
-    return body.binary and codec.JSON_MEDIA_TYPE not in accept
+    return body_binary and codec.JSON_MEDIA_TYPE not in accept
 
 
 def use_base64(encoding_format: str | None, request_used_base64: bool) -> bool:

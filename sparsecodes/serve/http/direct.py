@@ -15,21 +15,28 @@ ASGI as before; ``tests/serve/test_direct.py`` checks that both layers answer al
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
+import numpy as np
 
 from sparsecodes.serve.errors import ServiceError
-from sparsecodes.serve.fastpath import HotRoute, hot_route
+from sparsecodes.serve.fastpath import HOT_ROUTES, HotRoute, hot_route
 from sparsecodes.serve.http.call import Call
+from sparsecodes.serve.http.lane import LANE_MAX_BYTES, Answer, EncodeLane, LaneRequest
 from sparsecodes.serve.metrics import REQUESTS_IN_FLIGHT
 from sparsecodes.serve.web import (
+    answer_is_binary,
     authorization,
+    body_is_binary,
     check_api_key,
     internal_error_response,
+    media_type,
     record_request,
     render_service_error,
     request_id,
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from sparsecodes.serve.http.protocol import DirectCycle
+    from sparsecodes.serve.runtime import ModelRuntime
 
 log = logging.getLogger("sparsecodes.app")
 
@@ -52,26 +60,132 @@ class Target:
         self.route, self.name, self.path, self.query_string = route, name, path, query_string
 
 
+_ENCODE = HOT_ROUTES[("v1", "encode")]
+_UNSEEN = object()
+_TARGETS_KEPT = 1024
+
+
 class DirectRoutes:
     """The hot routes of ``app`` (a FastAPI app whose ``state`` holds settings, engine, offload and the in-flight
-    count), for the HTTP protocol to serve (``app.state.direct_routes``)."""
+    count), for the HTTP protocol to serve (``app.state.direct_routes``), and the batch lanes (``lane.py``) of
+    the models it serves."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.state = app.state
+        self.settings = app.state.settings
         self.keys: list[str] = app.state.settings.api_keys
+        self.lanes: dict[str, EncodeLane] = {}
+        self._targets: dict[bytes, Target | None] = {}
+        """What each URL seen lately is (its hot route or none): parsed once, not per request."""
 
     def target(self, method: bytes, url: bytes) -> Target | None:
         """The hot route a request is for, or ``None`` (then it goes through ASGI). The path is decoded as
         uvicorn decodes it for the ASGI scope."""
         if method != b"POST":
             return None
+        known = self._targets.get(url, _UNSEEN)
+        if known is not _UNSEEN:
+            return known  # type: ignore[return-value]
+        if len(self._targets) >= _TARGETS_KEPT:  # many distinct paths (a scan, a client bug): start over
+            self._targets.clear()
+        target = self._targets[url] = self._parse_target(url)
+        return target
+
+    @staticmethod
+    def _parse_target(url: bytes) -> Target | None:
         parsed = httptools.parse_url(url)
         path = parsed.path.decode("ascii")
         if "%" in path:
             path = unquote(path)
         hot = hot_route(path)
         return Target(hot[0], hot[1], path, parsed.query or b"") if hot is not None else None
+
+    # -- the batch lane --------------------------------------------------------------------------------------
+
+    def lane(self, cycle: DirectCycle, fall_back: Callable[[], None]) -> bool:
+        """Take ``cycle`` (its head complete, nothing before it on the connection) into its model's batch lane,
+        if the lane answers it exactly as the route would: then it is counted in flight from now on, the
+        protocol keeps its body and calls :meth:`submit` once it is complete. ``fall_back`` starts the direct
+        route for it instead (``protocol.py``)."""
+        target, settings = cycle.target, self.settings
+        if target.route is not _ENCODE or target.query_string or not (settings.batch_lane and settings.batching):
+            return False
+        engine = getattr(self.state, "engine", None)
+        if engine is None or engine.cache is not None or target.name not in engine.models:
+            return False
+        length = content_type = accept = None
+        for name, value in cycle.headers:  # the first of a repeated name counts, as for the route
+            if name == b"content-length":
+                length = value if length is None else length
+            elif name == b"content-type":
+                content_type = value if content_type is None else content_type
+            elif name == b"accept":
+                accept = value if accept is None else accept
+        if length is None or not length.isdigit() or int(length) > LANE_MAX_BYTES:
+            return False
+        binary = body_is_binary(media_type(content_type.decode("latin-1") if content_type is not None else None))
+        if binary is None:
+            return False  # the route's 415
+        if self.keys:
+            try:
+                check_api_key(authorization(cycle.headers), self.keys)
+            except ServiceError:
+                return False  # the route's 401
+        binary_answer = answer_is_binary(accept.decode("latin-1") if accept is not None else "", binary)
+        cycle.lane = LaneRequest(cycle, binary, binary_answer, request_id(cycle.headers), time.perf_counter(), fall_back)
+        self.state.in_flight.n += 1
+        REQUESTS_IN_FLIGHT.inc()
+        return True
+
+    def submit(self, request: LaneRequest) -> None:
+        """``request``'s body is complete: queue it in its model's lane (the runtime served now)."""
+        engine = getattr(self.state, "engine", None)
+        m = engine.models.get(request.cycle.target.name) if engine is not None else None
+        lane = self.lanes.get(m.name) if m is not None else None
+        if m is not None and (lane is None or lane.m is not m) and engine.cache is None:
+            if lane is not None:  # the model was replaced: the old lane answers what it holds, then stops
+                asyncio.get_running_loop().create_task(lane.close())
+            lane = self.lanes[m.name] = EncodeLane(
+                m, executor=engine.executor, max_batch=self.settings.max_batch_size,
+                max_wait_s=self.settings.max_wait_ms / 1000, max_rows=self.settings.max_rows,
+                load=self.state.in_flight, done=self._lane_done,
+            )
+        if lane is None or not lane.submit(request):
+            self.abandon(request)
+
+    def abandon(self, request: LaneRequest) -> None:
+        """Give ``request`` to the direct route (the lane is closed, or its connection went before its body
+        arrived: the route then records a 499 or a 408)."""
+        self.state.in_flight.n -= 1
+        REQUESTS_IN_FLIGHT.dec()
+        request.fall_back()
+
+    def _lane_done(self, m: ModelRuntime, batch: list[LaneRequest], answers: list[Answer]) -> None:
+        """A batch is answered (or given back): write and record each answer; the code lengths at once."""
+        self.state.in_flight.n -= len(batch)
+        REQUESTS_IN_FLIGHT.dec(len(batch))
+        l0s = []
+        for request, answer in zip(batch, answers, strict=True):
+            if answer is None:
+                request.fall_back()
+                continue
+            response, codes = answer
+            l0s.append(codes.l0)
+            cycle = request.cycle
+            target = cycle.target
+            cycle.answer(response, request.rid)
+            record_request("POST", target.path, target.route.path, target.name, response.status_code, time.perf_counter() - request.start, request.rid)
+        if l0s:
+            self.state.engine.record_l0(m, l0s[0] if len(l0s) == 1 else np.concatenate(l0s))
+
+    async def close_lanes(self) -> None:
+        """At shutdown, before the engine closes: every queued request is answered."""
+        for lane in list(self.lanes.values()):
+            await lane.close()
+        self.lanes.clear()
+
+    # -- the direct route ---------------------------------------------------------------------------------
 
     async def serve(self, cycle: DirectCycle) -> None:
         """Answer ``cycle``'s request (its body still arriving); whatever happens, it is recorded once."""

@@ -113,14 +113,21 @@ def _header_block(default_headers: list[tuple[bytes, bytes]]) -> bytes:
     return block
 
 
+_PENDING_WRITES: set[asyncio.Task[None]] = set()
+"""Lane answers waiting for their client to read (a task is kept only while referenced)."""
+
+
 class DirectCycle(RequestResponseCycle):
     """uvicorn's request/response cycle for a request the protocol serves itself (``direct.py``): the body
     arrives through the inherited ``receive`` (100-continue, flow control, disconnects), ``run_asgi`` runs the
-    direct route instead of the ASGI app, and :meth:`write` sends the whole response in one write."""
+    direct route instead of the ASGI app, and :meth:`write` sends the whole response in one write. A request in
+    the batch lane (``lane.py``) has no task: its ``lane`` entry is queued once the body is complete."""
 
     target: Any
     """The route and model name the request is for (``direct.Target``)."""
     headers: list[tuple[bytes, bytes]]
+    lane: Any = None
+    """Its ``lane.LaneRequest`` while the batch lane holds it."""
 
     async def run_asgi(self, app: Any) -> None:  # ``app``: the direct routes' ``serve``
         try:
@@ -133,6 +140,19 @@ class DirectCycle(RequestResponseCycle):
         (the ASGI path wrote the head and the body apart: two socket writes per response)."""
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
+        self._write(response, rid)
+
+    def answer(self, response: Any, rid: str) -> None:
+        """:meth:`write` from a plain callback (the batch lane): at once, unless the client is not reading its
+        answers (then once it does, like every other route)."""
+        if self.flow.write_paused and not self.disconnected:
+            task = asyncio.get_running_loop().create_task(self.write(response, rid))
+            _PENDING_WRITES.add(task)
+            task.add_done_callback(_PENDING_WRITES.discard)
+            return
+        self._write(response, rid)
+
+    def _write(self, response: Any, rid: str) -> None:
         if self.disconnected:
             return
         head = [STATUS_LINE[response.status_code], _header_block(self.default_headers)]
@@ -237,6 +257,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._accepted = False
             CONNECTIONS_OPEN.dec()
         super().connection_lost(exc)
+        lane = getattr(self.cycle, "lane", None)
+        if lane is not None:  # its body never completed: the direct route records what became of it
+            self.cycle.lane = None
+            self.direct.abandon(lane)  # type: ignore[union-attr]
 
     def pause_writing(self) -> None:
         if self.flow is not None:
@@ -343,10 +367,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         cycle.target, cycle.headers = target, self.headers
         existing, self.cycle = self.cycle, cycle
         if existing is None or existing.response_complete:
-            self._start_asgi_task(cycle, self.direct.serve)  # type: ignore[union-attr, arg-type]
+            if self.expect_100_continue or self.flow.write_paused or not self._lane(cycle):
+                self._start_asgi_task(cycle, self.direct.serve)  # type: ignore[union-attr, arg-type]
         else:  # pipelined: started when the one before is answered (uvicorn's queue)
             self.flow.pause_reading()
             self.pipeline.appendleft((cycle, self.direct.serve))  # type: ignore[union-attr, arg-type]
+
+    def _lane(self, cycle: DirectCycle) -> bool:
+        """Whether the batch lane takes ``cycle`` (``direct.DirectRoutes.lane``): then no task is started."""
+        return self.direct.lane(cycle, lambda: self._start_asgi_task(cycle, self.direct.serve))  # type: ignore[union-attr, arg-type]
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -356,8 +385,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self._state = IDLE
         self._head_bytes = 0
-        if not self.cycle.response_started:
-            self.cycle.keep_alive = self._keep_alive
+        cycle = self.cycle
+        if not cycle.response_started:
+            cycle.keep_alive = self._keep_alive
+        lane = getattr(cycle, "lane", None)
+        if lane is not None:
+            cycle.lane = None
+            self.direct.submit(lane)  # type: ignore[union-attr]
 
     # -- timers ---------------------------------------------------------------------------------------------
 

@@ -1,0 +1,189 @@
+"""The batch lane: small encode requests parsed, run and rendered a whole batch at a time, with no coroutine per
+request.
+
+Under 64 concurrent single-row clients the direct routes (``direct.py``) still cost the event loop a task, a
+coroutine chain and a parse and a render per request, and the one event loop, not ONNX Runtime, set the pace
+(docs/benchmarks.md, "Front-end designs"). The fast peer's design is to let the loop only move bytes: here the
+protocol (``protocol.py``) keeps a small encode request's body, and once it is complete queues the request
+(:meth:`EncodeLane.submit`) instead of starting a task; one collector per model gathers a batch (as
+``batcher.py`` does: up to ``max_batch_size`` requests, ``max_wait_ms``, no wait once every request in the server
+is queued), and one call in a worker thread parses every body, runs the model once and renders every answer
+(``routes.encode_answer``, the direct route's own rendering). Back on the loop each answer is written in one
+piece and recorded like any other request (``direct.DirectRoutes``).
+
+The lane answers only what it answers exactly as the encode route would. A request it does not take (a query
+string, ``Expect: 100-continue``, a body over :data:`LANE_MAX_BYTES` or without ``Content-Length``, a pipelined
+request, a response the client is not reading, a cache configured) and one it gives back (a body that does not
+parse, ``return_reconstruction``, a batch the model fails on or answers with non-finite codes, a connection lost
+before its body arrived) is served by the direct route, which reads the body the lane kept and gives the
+route's own answer or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sparsecodes.codes import SparseCodes
+from sparsecodes.serve import parse
+from sparsecodes.serve.errors import ServiceError
+from sparsecodes.serve.metrics import BODY_PARSES
+from sparsecodes.serve.routes import encode_answer
+from sparsecodes.serve.runtime import ModelRuntime
+from sparsecodes.serve.schemas import EncodeOptions
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
+
+log = logging.getLogger("sparsecodes.lane")
+
+LANE_MAX_BYTES = 64 * 1024
+"""Largest body the lane takes: uvicorn pauses reading a connection past 64 KiB of unread body (its
+``HIGH_WATER_LIMIT``), and only a reader resumes it. A single 384-wide row is about 7.5 KB of JSON."""
+PARALLEL_BATCHES = 2
+"""Batches run at once: while one is in ONNX Runtime (which releases the GIL), the next is parsed."""
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""Bodies per batch are also bounded in bytes (a request may hold several rows)."""
+
+_PARSED = BODY_PARSES.labels(where="lane")
+
+
+@dataclass(eq=False, slots=True)
+class LaneRequest:
+    """One queued request: its cycle (body, keep-alive, transport), how its body and answer are encoded, its id,
+    when it started, and ``fall_back`` (serve it through the direct route instead)."""
+
+    cycle: Any
+    binary_body: bool
+    binary_answer: bool
+    rid: str
+    start: float
+    fall_back: Callable[[], None]
+
+
+Answer = tuple["Response", SparseCodes] | None
+"""What the worker made of one request: its response and the codes it carries, or ``None`` (fall back)."""
+
+
+class EncodeLane:
+    """The lane of one model runtime ``m``: ``done(m, batch, answers)`` is called on the event loop for every
+    batch, with an answer (or ``None``) per request in order."""
+
+    def __init__(
+        self, m: ModelRuntime, *, executor: Executor, max_batch: int, max_wait_s: float, max_rows: int,
+        load: Callable[[], int], done: Callable[[ModelRuntime, list[LaneRequest], list[Answer]], None],
+    ) -> None:
+        self.m = m
+        self.executor = executor
+        self.max_batch, self.max_wait_s, self.max_rows = max_batch, max_wait_s, max_rows
+        self.load = load
+        self.done = done
+        self.closed = False
+        self._queue: list[LaneRequest] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._running = 0
+        """Requests in the batches running now."""
+        self._slots = asyncio.Semaphore(PARALLEL_BATCHES)
+
+    def submit(self, request: LaneRequest) -> bool:
+        """Queue ``request`` (its body complete); ``False`` once the lane is closed (serve it elsewhere)."""
+        if self.closed:
+            return False
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"lane-{self.m.name}")
+        self._queue.append(request)
+        self._wakeup.set()
+        return True
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            deadline = loop.time() + self.max_wait_s
+            while len(self._queue) < self.max_batch and self._company_expected() and (left := deadline - loop.time()) > 0:
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+            await self._slots.acquire()  # at most PARALLEL_BATCHES at once: the next waits for a slot
+            batch = self._pop_batch()
+            self._running += len(batch)
+            future = loop.run_in_executor(self.executor, self._answer, batch)
+            future.add_done_callback(functools.partial(self._finish, batch))
+
+    def _company_expected(self) -> bool:
+        """Could another request still join: is any request in the server neither queued nor in a running batch?"""
+        return self.load() - self._running > len(self._queue)
+
+    def _finish(self, batch: list[LaneRequest], future: asyncio.Future[list[Answer]]) -> None:
+        self._running -= len(batch)
+        self._slots.release()
+        try:
+            answers = future.result()
+        except Exception as e:  # a bug here must not strand the batch: the direct route serves it
+            log.error("batch lane failed; its %d requests go through the direct route: %s", len(batch), e, exc_info=e)
+            answers = [None] * len(batch)
+        self.done(self.m, batch, answers)
+
+    def _pop_batch(self) -> list[LaneRequest]:
+        count, size = 0, 0
+        for request in self._queue:
+            size += len(request.cycle.body)
+            if count and (count >= self.max_batch or size > MAX_BATCH_BYTES):
+                break
+            count += 1
+        batch, self._queue = self._queue[:count], self._queue[count:]
+        return batch
+
+    def _answer(self, batch: list[LaneRequest]) -> list[Answer]:
+        """In a worker thread: parse every body, run the model once over all their rows, render every answer."""
+        m = self.m
+        parsed: list[parse.RowsRequest | None] = []
+        for request in batch:
+            try:
+                req = parse.rows_request(parse.Body(request.cycle.body, request.binary_body, {}), m.d_in, self.max_rows, EncodeOptions)
+            except ServiceError:
+                req = None  # the direct route parses it again and answers its error
+            parsed.append(None if req is None or req.options.return_reconstruction else req)
+        _PARSED.inc(len(batch))
+        xs = [req.x for req in parsed if req is not None]
+        if not xs:
+            return [None] * len(batch)
+        try:
+            codes = m.encode(xs[0] if len(xs) == 1 else np.concatenate(xs))
+        except Exception:  # each request alone through the direct route, which reports its own error
+            return [None] * len(batch)
+        if not np.isfinite(codes.values).all():  # the direct route names the row that overflowed
+            return [None] * len(batch)
+        answers: list[Answer] = []
+        start = 0
+        for request, req in zip(batch, parsed, strict=True):
+            if req is None:
+                answers.append(None)
+                continue
+            stop = start + len(req.x)
+            own = (codes if len(xs) == 1 else codes.rows(start, stop)).cap(req.options.max_active)
+            start = stop
+            answers.append((encode_answer(m, req, own, request.binary_answer), own))
+        return answers
+
+    async def close(self) -> None:
+        """Answer what is queued, then stop; later requests are refused by :meth:`submit`."""
+        self.closed = True
+        while self._task is not None and not self._task.done() and (self._queue or self._running):
+            await asyncio.sleep(0.001)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
