@@ -128,8 +128,9 @@ def observe_many(histogram: Histogram, values: np.ndarray) -> None:
         return
     # Bucket i holds values in (bounds[i-1], bounds[i]] (non-cumulative storage, like observe()).
     slots = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
-    for i, count in zip(*np.unique(slots, return_counts=True), strict=True):
-        buckets[int(i)].inc(int(count))
+    counts = np.bincount(slots, minlength=len(bounds))  # not np.unique: that sorts
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
     total.inc(float(values.sum()))
 
 
