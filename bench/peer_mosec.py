@@ -7,7 +7,8 @@ buffer (208 KiB here: 32 single-row JSON requests of ~7.5 KB already are), a hea
 stream is out of step from then on, and the worker waits for a message that never comes while the Rust side
 answers every queued request ``408 inference timeout`` after ``--timeout`` (seen: W1 stalled at 32 clients,
 never at 16). :func:`_receive` below is the same protocol with every field read in full; with it mosec
-completes every W1 and W2 request.
+completes every W1 and W2 request. It also stops at a closed socket: mosec's ``_recv_all`` loops on a
+zero-byte read, so workers whose server was killed kept spinning.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ def _receive(self: mosec_protocol.Protocol) -> tuple[bytes, list[bytes], list[in
     """``Protocol.receive`` (flag, batch size, then per task: id, state, length, payload), each read in full."""
 
     def read(n: int) -> bytes:
-        return bytes(mosec_protocol._recv_all(self.socket, n))
+        buffer = bytearray(n)
+        view, got = memoryview(buffer), 0
+        while got < n:
+            chunk = self.socket.recv_into(view[got:])
+            if chunk == 0:  # mosec's own ``_recv_all`` spins here for ever (seen: orphaned workers at 58 % CPU)
+                raise ConnectionError("mosec's IPC socket closed")
+            got += chunk
+        return bytes(buffer)
 
     flag = read(2)
     (batch,) = struct.unpack("!H", read(2))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -110,7 +111,8 @@ def _count(results: list[bytes | None], validate: Validator | None) -> None:
 
 
 class LRUCache:
-    """In-process least-recently-used cache holding at most ``max_entries`` rows."""
+    """In-process least-recently-used cache holding at most ``max_entries`` rows. Safe to use from the event
+    loop and from worker threads at once (the batch lane looks rows up in its worker thread)."""
 
     name = "lru"
 
@@ -119,32 +121,40 @@ class LRUCache:
             raise ValueError(f"max_entries must be positive, got {max_entries}")
         self.max_entries = max_entries
         self._data: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._data)
 
     async def get_many(self, keys: list[bytes], validate: Validator | None = None) -> list[bytes | None]:
+        return self.lookup(keys, validate)
+
+    def lookup(self, keys: list[bytes], validate: Validator | None = None) -> list[bytes | None]:
+        """:meth:`get_many`, from any thread."""
         out: list[bytes | None] = []
-        for key in keys:
-            blob = self._data.get(key)
-            if blob is not None:
-                self._data.move_to_end(key)
-            out.append(blob)
+        with self._lock:
+            for key in keys:
+                blob = self._data.get(key)
+                if blob is not None:
+                    self._data.move_to_end(key)
+                out.append(blob)
         _count(out, validate)
         return out
 
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        for key, blob in items:
-            self._data[key] = blob
-            self._data.move_to_end(key)
-        while len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
+        with self._lock:
+            for key, blob in items:
+                self._data[key] = blob
+                self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
 
     async def flush(self) -> None:
         return None
 
     async def close(self) -> None:
-        self._data.clear()
+        with self._lock:
+            self._data.clear()
 
 
 class CacheTimeout(TimeoutError):

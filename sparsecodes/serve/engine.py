@@ -6,6 +6,7 @@ Routes parse a request into arrays, call :class:`Engine`, and render what it ret
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -33,6 +34,10 @@ log = logging.getLogger("sparsecodes.engine")
 # Engines currently publishing each sparsecodes_model_info series. One process normally runs one engine, but
 # tests (and embedding apps) may run several at once: a series goes only when its last holder closes.
 _INFO_HOLDERS: Counter[tuple[str, str, str, str]] = Counter()
+
+
+def _drop_invalid_for(d_served: int, max_active: int | None, found: list[bytes | None]) -> int:
+    return drop_invalid(found, d_served, max_active)
 
 
 def make_cache(settings: Settings) -> CodeCache | None:
@@ -164,6 +169,53 @@ class Engine:
             histogram = self._l0_histograms[m.name] = ACTIVE_DIMS.labels(model=m.name)
         observe_many(histogram, l0)
         self.recent_l0.record(m.name, l0)
+
+    def encode_now(self, m: ModelRuntime, xs: list[np.ndarray], caps: list[int | None]) -> list[SparseCodes] | None:
+        """In a worker thread (the batch lane, ``http/lane.py``): the codes of several requests' rows ``xs[i]``,
+        each capped at ``caps[i]``, with one run of ``m`` over every row the in-process cache lacks (``encode``'s
+        keys and checks). ``None`` when that run fails or gives codes that are not finite: the caller serves
+        each request through :meth:`encode`, which reports the error. Only without a cache or with the LRU
+        (Redis is asynchronous)."""
+        cache = self.cache
+        assert cache is None or isinstance(cache, LRUCache)
+        if cache is None:
+            fresh = self._run_now(m, xs)
+            if fresh is None:
+                return None
+            if len(xs) == 1:
+                return [fresh.cap(caps[0])]
+            bounds = np.cumsum([0, *(len(x) for x in xs)]).tolist()
+            return [fresh.rows(a, b).cap(cap) for a, b, cap in zip(bounds[:-1], bounds[1:], caps, strict=True)]
+        keys = [self._keys(m, x, cap) for x, cap in zip(xs, caps, strict=True)]
+        found = [cache.lookup(k, functools.partial(_drop_invalid_for, m.d_served, cap)) for k, cap in zip(keys, caps, strict=True)]
+        missing = [[j for j, blob in enumerate(blobs) if blob is None] for blobs in found]
+        todo = [x[rows] if len(rows) < len(x) else x for x, rows in zip(xs, missing, strict=True) if rows]
+        fresh = self._run_now(m, todo) if todo else None
+        if todo and fresh is None:
+            return None
+        out, start = [], 0
+        for blobs, rows, key, cap in zip(found, missing, keys, caps, strict=True):
+            if rows:
+                assert fresh is not None
+                own = fresh.rows(start, start + len(rows)).cap(cap)
+                start += len(rows)
+                packed = pack_rows(own)
+                cache.put_many([(key[j], blob) for j, blob in zip(rows, packed, strict=True)])
+                if len(rows) == len(blobs):
+                    out.append(own)
+                    continue
+                for j, blob in zip(rows, packed, strict=True):
+                    blobs[j] = blob
+            out.append(unpack_rows(blobs))  # type: ignore[arg-type]
+        return out
+
+    @staticmethod
+    def _run_now(m: ModelRuntime, xs: list[np.ndarray]) -> SparseCodes | None:
+        try:
+            codes = m.encode(xs[0] if len(xs) == 1 else np.concatenate(xs))
+        except Exception:
+            return None
+        return codes if np.isfinite(codes.values).all() else None
 
     async def _encode_cached(self, m: ModelRuntime, x: np.ndarray, max_active: int | None) -> SparseCodes:
         assert self.cache is not None

@@ -84,8 +84,8 @@ class Settings(BaseSettings):
     stack (``serve/http/direct.py``); false: through ASGI and FastAPI's middleware, as every other route."""
     batch_lane: bool = True
     """Small encode requests (a body up to 64 KiB, no query) are queued by the HTTP protocol and parsed, run and
-    rendered a batch at a time, without a task per request (``serve/http/lane.py``); only with
-    ``direct_routes`` and no cache (``SPARSECODES_CACHE_SIZE=0``, no Redis). False: the direct route for each."""
+    rendered a batch at a time, without a task per request (``serve/http/lane.py``); with ``direct_routes``
+    and the in-process cache or none (not with Redis). False: the direct route for each."""
     parse_workers: int = Field(1, ge=0)
     """Processes that parse JSON bodies over 1 MiB off the event loop (0: on the event loop). Spawned on first
     use: a script that starts the server itself must do so under ``if __name__ == "__main__":``."""

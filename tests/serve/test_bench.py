@@ -58,3 +58,31 @@ def test_bench_handler_pairs_the_shipped_path_with_a_minimal_handler(model_dir: 
 def test_bench_handler_refuses_bad_arguments_before_building_anything(args: list[str], says: str, capsys) -> None:
     assert main(["bench", "handler", *args]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_lane_probe_answers_what_the_encoder_gives(model_dir: Path, tmp_path: Path) -> None:
+    """bench/peer_lane.py (a design probe of ``bench peers --probes``) computes what every peer computes: the
+    same codes, per request, from concurrent clients on kept-alive connections, and a bad body gets a 400."""
+    import asyncio
+
+    import httpx
+    import numpy as np
+
+    from bench.peer_apps import Model
+    from bench.peers import http_load, json_requests, peer
+    from sparsecodes import bundle
+    from sparsecodes.serve import codec
+
+    folder = model_dir / "digits-topk"
+    encoder = folder / bundle.read_manifest(folder).files["encoder"].path
+    rows = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    probe = codec.dumps({"inputs": rows[:1].tolist()})
+    with peer("lane", encoder, 1, probe, tmp_path) as port:
+        url = f"http://127.0.0.1:{port}/inference"
+        got = httpx.post(url, content=codec.dumps({"inputs": rows.tolist()}), timeout=10).json()
+        want = Model(encoder).run([rows])[0]
+        assert [r["indices"] for r in got["codes"]] == [r["indices"] for r in want["codes"]]
+        assert np.allclose([v for r in got["codes"] for v in r["values"]], [v for r in want["codes"] for v in r["values"]], rtol=1e-5)
+        assert httpx.post(url, content=b'{"inputs": [[1,', timeout=10).status_code == 400
+        latencies, _ = asyncio.run(http_load("probe", port, json_requests("/inference", [rows[i : i + 1] for i in range(5)]), 8, 0.3, 0.05))
+        assert latencies

@@ -176,3 +176,30 @@ def test_queued_requests_are_answered_at_shutdown(model_dir: Path) -> None:
         s.close()
     thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def cached(model_dir: Path) -> Iterator[tuple[Server, Server]]:
+    """The lane with the in-process cache, and the ASGI path with it too."""
+    common = {"model_dir": model_dir, "cache_size": 1000}
+    with run_server(**common) as lane, run_server(**common, direct_routes=False) as asgi:
+        yield lane, asgi
+
+
+def test_with_the_in_process_cache_rows_come_from_it(cached: tuple[Server, Server]) -> None:
+    """A row seen before is a hit (not recomputed), a request mixing seen and new rows gets both right, and
+    capped codes are cached under their own key."""
+    lane, asgi = cached
+    x = np.random.default_rng(7).random((3, 64), dtype=np.float32)
+    first = _request("POST", ENCODE, codec.dumps({"inputs": x[:1].tolist()}), key=None)
+    mixed = _request("POST", ENCODE, codec.dumps({"inputs": x.tolist()}), key=None)
+    capped = _request("POST", ENCODE, codec.dumps({"inputs": x.tolist(), "max_active": 2}), key=None)
+    hits = 'sparsecodes_cache_requests_total{result="hit"}'
+    before, parses = lane.metric(hits), lane.metric(LANE_PARSES)
+    answers = [_exchange(lane, data)[0] for data in (first, mixed, capped, capped)]
+    assert lane.metric(LANE_PARSES) == parses + 4
+    assert lane.metric(hits) == before + 1 + 3  # row 0 in `mixed`; all three rows of the second `capped`
+    for data, (status, _, body) in zip((first, mixed, capped, capped), answers, strict=True):
+        assert status == 200
+        assert _close(codec.loads(body), codec.loads(_exchange(asgi, data)[0][2]))
+    assert max(len(row["indices"]) for row in codec.loads(answers[3][2])["codes"]) <= 2

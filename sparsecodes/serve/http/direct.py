@@ -25,6 +25,7 @@ from urllib.parse import unquote
 import httptools
 import numpy as np
 
+from sparsecodes.serve.cache import LRUCache
 from sparsecodes.serve.errors import ServiceError
 from sparsecodes.serve.fastpath import HOT_ROUTES, HotRoute, hot_route
 from sparsecodes.serve.http.call import Call
@@ -63,6 +64,11 @@ class Target:
 _ENCODE = HOT_ROUTES[("v1", "encode")]
 _UNSEEN = object()
 _TARGETS_KEPT = 1024
+
+
+def _lane_cache(engine: Any) -> bool:
+    """Whether the engine's cache lets the lane serve: none, or the in-process LRU (Redis is asynchronous)."""
+    return engine.cache is None or isinstance(engine.cache, LRUCache)
 
 
 class DirectRoutes:
@@ -112,7 +118,7 @@ class DirectRoutes:
         if target.route is not _ENCODE or target.query_string or not (settings.batch_lane and settings.batching):
             return False
         engine = getattr(self.state, "engine", None)
-        if engine is None or engine.cache is not None or target.name not in engine.models:
+        if engine is None or not _lane_cache(engine) or target.name not in engine.models:
             return False
         length = content_type = accept = None
         for name, value in cycle.headers:  # the first of a repeated name counts, as for the route
@@ -143,11 +149,11 @@ class DirectRoutes:
         engine = getattr(self.state, "engine", None)
         m = engine.models.get(request.cycle.target.name) if engine is not None else None
         lane = self.lanes.get(m.name) if m is not None else None
-        if m is not None and (lane is None or lane.m is not m) and engine.cache is None:
+        if m is not None and (lane is None or lane.m is not m):
             if lane is not None:  # the model was replaced: the old lane answers what it holds, then stops
                 asyncio.get_running_loop().create_task(lane.close())
             lane = self.lanes[m.name] = EncodeLane(
-                m, executor=engine.executor, max_batch=self.settings.max_batch_size,
+                m, engine, max_batch=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_wait_ms / 1000, max_rows=self.settings.max_rows,
                 load=self.state.in_flight, done=self._lane_done,
             )

@@ -7,13 +7,14 @@ coroutine chain and a parse and a render per request, and the one event loop, no
 protocol (``protocol.py``) keeps a small encode request's body, and once it is complete queues the request
 (:meth:`EncodeLane.submit`) instead of starting a task; one collector per model gathers a batch (as
 ``batcher.py`` does: up to ``max_batch_size`` requests, ``max_wait_ms``, no wait once every request in the server
-is queued), and one call in a worker thread parses every body, runs the model once and renders every answer
-(``routes.encode_answer``, the direct route's own rendering). Back on the loop each answer is written in one
-piece and recorded like any other request (``direct.DirectRoutes``).
+is queued), and one call in a worker thread parses every body, runs the model once over the rows the in-process
+cache lacks (``Engine.encode_now``) and renders every answer (``routes.encode_answer``, the direct route's own
+rendering); two batches may run at once, one in ONNX Runtime while the next is parsed. Back on the loop each
+answer is written in one piece and recorded like any other request (``direct.DirectRoutes``).
 
 The lane answers only what it answers exactly as the encode route would. A request it does not take (a query
 string, ``Expect: 100-continue``, a body over :data:`LANE_MAX_BYTES` or without ``Content-Length``, a pipelined
-request, a response the client is not reading, a cache configured) and one it gives back (a body that does not
+request, a response the client is not reading, Redis as the cache) and one it gives back (a body that does not
 parse, ``return_reconstruction``, a batch the model fails on or answers with non-finite codes, a connection lost
 before its body arrived) is served by the direct route, which reads the body the lane kept and gives the
 route's own answer or error.
@@ -26,11 +27,8 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from sparsecodes.codes import SparseCodes
 from sparsecodes.serve import parse
@@ -42,6 +40,8 @@ from sparsecodes.serve.schemas import EncodeOptions
 
 if TYPE_CHECKING:
     from starlette.responses import Response
+
+    from sparsecodes.serve.engine import Engine
 
 log = logging.getLogger("sparsecodes.lane")
 
@@ -78,11 +78,12 @@ class EncodeLane:
     batch, with an answer (or ``None``) per request in order."""
 
     def __init__(
-        self, m: ModelRuntime, *, executor: Executor, max_batch: int, max_wait_s: float, max_rows: int,
+        self, m: ModelRuntime, engine: Engine, *, max_batch: int, max_wait_s: float, max_rows: int,
         load: Callable[[], int], done: Callable[[ModelRuntime, list[LaneRequest], list[Answer]], None],
     ) -> None:
         self.m = m
-        self.executor = executor
+        self.engine = engine
+        self.executor = engine.executor
         self.max_batch, self.max_wait_s, self.max_rows = max_batch, max_wait_s, max_rows
         self.load = load
         self.done = done
@@ -156,25 +157,22 @@ class EncodeLane:
                 req = None  # the direct route parses it again and answers its error
             parsed.append(None if req is None or req.options.return_reconstruction else req)
         _PARSED.inc(len(batch))
-        xs = [req.x for req in parsed if req is not None]
-        if not xs:
+        taken = [req for req in parsed if req is not None]
+        if not taken:
             return [None] * len(batch)
-        try:
-            codes = m.encode(xs[0] if len(xs) == 1 else np.concatenate(xs))
-        except Exception:  # each request alone through the direct route, which reports its own error
+        # One model run (for the rows the cache lacks); None: the run failed or overflowed, and the direct
+        # route serves each request alone, with the error it names.
+        codes = self.engine.encode_now(m, [req.x for req in taken], [req.options.max_active for req in taken])
+        if codes is None:
             return [None] * len(batch)
-        if not np.isfinite(codes.values).all():  # the direct route names the row that overflowed
-            return [None] * len(batch)
+        own = iter(codes)
         answers: list[Answer] = []
-        start = 0
         for request, req in zip(batch, parsed, strict=True):
             if req is None:
                 answers.append(None)
                 continue
-            stop = start + len(req.x)
-            own = (codes if len(xs) == 1 else codes.rows(start, stop)).cap(req.options.max_active)
-            start = stop
-            answers.append((encode_answer(m, req, own, request.binary_answer), own))
+            c = next(own)
+            answers.append((encode_answer(m, req, c, request.binary_answer), c))
         return answers
 
     async def close(self) -> None:
