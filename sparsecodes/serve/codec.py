@@ -52,8 +52,13 @@ def loads(body: bytes) -> Any:
     except orjson.JSONDecodeError as e:
         _explain(body, e)
     # Every key is followed by one ':', so a body with as many ':' as the parsed objects have keys has no
-    # duplicate (one C count; values never hold ':' but strings may, then the exact check runs).
-    if body.count(b":") != _count_keys(data):
+    # duplicate (one C count; values never hold ':' but strings may, then the exact check runs). With one
+    # key, "no second ':'" is the same test, and a memchr is 10× cheaper than a count.
+    keys = _count_keys(data)
+    if keys == 1:
+        if body.find(b":", body.find(b":") + 1) != -1:
+            _refuse_duplicate_keys(body)
+    elif body.count(b":") != keys:
         _refuse_duplicate_keys(body)
     return data
 
@@ -135,7 +140,7 @@ def numbers(value: Any, field: str) -> np.ndarray:
 def _may_hold_bool(array: np.ndarray) -> bool:
     """NumPy makes true and false 1 and 0: an array holding neither value came from no bool (one vectorised
     look, where :func:`_holds_bool` looks at every value's type: 6.6 µs for one row of 384, 1.7 ms for 256)."""
-    return bool(((array == 0) | (array == 1)).any())
+    return bool(np.count_nonzero(array == 0) or np.count_nonzero(array == 1))
 
 
 def _holds_bool(value: Any) -> bool:
@@ -192,7 +197,7 @@ def check_matrix(x: np.ndarray, d: int, field: str, max_rows: int) -> np.ndarray
         raise InvalidInput(f"{field} rows have {x.shape[1]} values but the model expects d_in={d}")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is reported just below
         x = np.ascontiguousarray(x, dtype=np.float32)
-    if (np.abs(x) < VALUE_BOUND).all():  # one pass for the common case: NaN and ±Inf fail it too
+    if np.abs(x).max() < VALUE_BOUND:  # one reduction for the common case: NaN and ±Inf fail it too
         return x
     finite = np.isfinite(x)
     if not finite.all():
