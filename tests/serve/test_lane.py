@@ -203,3 +203,22 @@ def test_with_the_in_process_cache_rows_come_from_it(cached: tuple[Server, Serve
         assert status == 200
         assert _close(codec.loads(body), codec.loads(_exchange(asgi, data)[0][2]))
     assert max(len(row["indices"]) for row in codec.loads(answers[3][2])["codes"]) <= 2
+
+
+def test_a_model_unloaded_and_loaded_again_is_served_by_a_fresh_lane(model_dir: Path) -> None:
+    """Unloaded: the route's 404 (the lane gives the request back). Reloaded: a new lane, on the new runtime."""
+    import httpx
+
+    with run_server(model_dir=model_dir, cache_size=0) as server:
+        data = _request("POST", ENCODE, codec.dumps({"inputs": _rows(1).tolist()}), key=None)
+        assert _exchange(server, data)[0][0] == 200
+        first = server.app.state.direct_routes.lanes[MODEL]
+        assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/unload", timeout=30).status_code == 200
+        assert _exchange(server, data)[0][0] == 404
+        assert MODEL not in server.app.state.direct_routes.lanes
+        assert httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=60).status_code == 200
+        before = server.metric(LANE_PARSES)
+        assert _exchange(server, data)[0][0] == 200
+        assert server.metric(LANE_PARSES) == before + 1
+        assert server.app.state.direct_routes.lanes[MODEL] is not first
+        assert first.closed

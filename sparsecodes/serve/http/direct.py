@@ -82,6 +82,7 @@ class DirectRoutes:
         self.settings = app.state.settings
         self.keys: list[str] = app.state.settings.api_keys
         self.lanes: dict[str, EncodeLane] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
         self._targets: dict[bytes, Target | None] = {}
         """What each URL seen lately is (its hot route or none): parsed once, not per request."""
 
@@ -118,7 +119,11 @@ class DirectRoutes:
         if target.route is not _ENCODE or target.query_string or not (settings.batch_lane and settings.batching):
             return False
         engine = getattr(self.state, "engine", None)
-        if engine is None or not _lane_cache(engine) or target.name not in engine.models:
+        if engine is None or not _lane_cache(engine):
+            return False
+        if target.name not in engine.models:
+            if target.name in self.lanes:  # unloaded: its lane answers what it holds, then stops
+                self._retire(self.lanes.pop(target.name))
             return False
         length = content_type = accept = None
         for name, value in cycle.headers:  # the first of a repeated name counts, as for the route
@@ -147,12 +152,14 @@ class DirectRoutes:
     def submit(self, request: LaneRequest) -> None:
         """``request``'s body is complete: queue it in its model's lane (the runtime served now)."""
         engine = getattr(self.state, "engine", None)
-        m = engine.models.get(request.cycle.target.name) if engine is not None else None
-        lane = self.lanes.get(m.name) if m is not None else None
-        if m is not None and (lane is None or lane.m is not m):
-            if lane is not None:  # the model was replaced: the old lane answers what it holds, then stops
-                asyncio.get_running_loop().create_task(lane.close())
-            lane = self.lanes[m.name] = EncodeLane(
+        name = request.cycle.target.name
+        m = engine.models.get(name) if engine is not None else None
+        lane = self.lanes.get(name)
+        if lane is not None and lane.m is not m:  # replaced or unloaded: it answers what it holds, then stops
+            self._retire(self.lanes.pop(name))
+            lane = None
+        if m is not None and lane is None:
+            lane = self.lanes[name] = EncodeLane(
                 m, engine, max_batch=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_wait_ms / 1000, max_rows=self.settings.max_rows,
                 load=self.state.in_flight, done=self._lane_done,
@@ -185,11 +192,18 @@ class DirectRoutes:
         if l0s:
             self.state.engine.record_l0(m, l0s[0] if len(l0s) == 1 else np.concatenate(l0s))
 
+    def _retire(self, lane: EncodeLane) -> None:
+        task = asyncio.get_running_loop().create_task(lane.close())
+        self._retiring.add(task)  # referenced until done (the loop keeps only a weak reference)
+        task.add_done_callback(self._retiring.discard)
+
     async def close_lanes(self) -> None:
         """At shutdown, before the engine closes: every queued request is answered."""
         for lane in list(self.lanes.values()):
             await lane.close()
         self.lanes.clear()
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
 
     # -- the direct route ---------------------------------------------------------------------------------
 
