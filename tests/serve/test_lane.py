@@ -222,3 +222,37 @@ def test_a_model_unloaded_and_loaded_again_is_served_by_a_fresh_lane(model_dir: 
         assert server.metric(LANE_PARSES) == before + 1
         assert server.app.state.direct_routes.lanes[MODEL] is not first
         assert first.closed
+
+
+def test_a_write_that_fails_does_not_strand_the_rest_of_its_batch(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the first answer's write raises. That client's connection is closed (recorded 500,
+    logged with its request id); the other requests of the batch are answered."""
+    from sparsecodes.serve.http.protocol import DirectCycle
+
+    real, failed = DirectCycle.answer, []
+
+    def answer(self: DirectCycle, response: object, rid: str) -> None:
+        if not failed:
+            failed.append(rid)
+            raise OSError("injected")
+        real(self, response, rid)
+
+    monkeypatch.setattr(DirectCycle, "answer", answer)
+    with run_server(model_dir=model_dir, cache_size=0, max_wait_ms=200) as server:
+        series = f'sparsecodes_request_duration_seconds_count{{model="{MODEL}",route="/v1/models/{{name}}/encode",status="500"}}'
+        before = server.metric(series)
+        socks = [socket.create_connection(("127.0.0.1", _port(server)), timeout=10) for _ in range(3)]
+        for i, s in enumerate(socks):
+            s.sendall(_plain(1, i))
+        answers = []
+        for s in socks:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+                if data.endswith(b"}"):
+                    break
+            answers.append(data)
+            s.close()
+        assert sorted(a[:12] for a in answers) == [b"", b"HTTP/1.1 200", b"HTTP/1.1 200"]
+        assert server.metric(series) == before + 1
+        assert failed

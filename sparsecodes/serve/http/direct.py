@@ -187,8 +187,14 @@ class DirectRoutes:
             l0s.append(codes.l0)
             cycle = request.cycle
             target = cycle.target
-            cycle.answer(response, request.rid)
-            record_request("POST", target.path, target.route.path, target.name, response.status_code, time.perf_counter() - request.start, request.rid)
+            status = response.status_code
+            try:
+                cycle.answer(response, request.rid)
+            except Exception as exc:  # one broken connection must not strand the rest of the batch
+                log.error("batch lane: writing the answer failed: %s", exc, exc_info=exc, extra={"request_id": request.rid})
+                status = 500
+                cycle.transport.close()
+            record_request("POST", target.path, target.route.path, target.name, status, time.perf_counter() - request.start, request.rid)
         if l0s:
             self.state.engine.record_l0(m, l0s[0] if len(l0s) == 1 else np.concatenate(l0s))
 
