@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -74,24 +74,13 @@ class Batcher(Generic[R]):
         return await pending.future
 
     async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            deadline = loop.time() + self.max_wait_s
-            while (
-                self._rows_queued() < self.max_batch_size
-                and self._company_expected()
-                and (remaining := deadline - loop.time()) > 0
-            ):
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
+            await gather(self._queue, self._wakeup, self.max_wait_s, self._room_and_company)
             batch = self._pop_batch()
             await self._run(batch)
+
+    def _room_and_company(self) -> bool:
+        return self._rows_queued() < self.max_batch_size and self._company_expected()
 
     def _company_expected(self) -> bool:
         """Could another request still join this batch? (Always assumed when no load signal is given.)"""
@@ -139,10 +128,30 @@ class Batcher(Generic[R]):
     async def close(self) -> None:
         """Let the collector finish what is queued, then stop it."""
         self._closed = True
-        while self._task is not None and not self._task.done() and (self._queue or self._running):
-            await asyncio.sleep(0.001)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_collector(self._task, lambda: bool(self._queue or self._running))
+        self._task = None
+
+
+async def gather(queue: Sized, wakeup: asyncio.Event, max_wait_s: float, wait_more: Callable[[], bool]) -> None:
+    """A collector's wait for its next batch (here and in the batch lane, ``http/lane.py``): until ``queue``
+    holds something, then while ``wait_more()`` (room left, company expected) for at most ``max_wait_s``.
+    ``wakeup`` is set by whoever adds to the queue."""
+    while not len(queue):
+        wakeup.clear()
+        await wakeup.wait()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait_s
+    while wait_more() and (left := deadline - loop.time()) > 0:
+        wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), left)
+
+
+async def stop_collector(task: asyncio.Task[None] | None, busy: Callable[[], bool]) -> None:
+    """Let a collector ``task`` finish while ``busy()`` (work queued or running), then cancel it."""
+    while task is not None and not task.done() and busy():
+        await asyncio.sleep(0.001)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -105,7 +105,12 @@ CASES = _cases()
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_both_layers_answer_alike(pair: tuple[Server, Server], case: str) -> None:
-    (status, headers, body), (status_asgi, headers_asgi, body_asgi) = (_exchange(s, CASES[case])[0] for s in pair)
+    assert_alike(*pair, CASES[case])
+
+
+def assert_alike(server: Server, asgi: Server, data: bytes) -> None:
+    """``data`` answered by ``server`` as by ``asgi``: status, headers (but the date) and body."""
+    (status, headers, body), (status_asgi, headers_asgi, body_asgi) = (_exchange(s, data)[0] for s in (server, asgi))
     assert status == status_asgi, (body, body_asgi)
     headers.pop("date"), headers_asgi.pop("date")
     assert headers == headers_asgi

@@ -21,7 +21,7 @@ from sparsecodes.serve import codec
 from sparsecodes.serve.app import create_app
 from sparsecodes.serve.http.server import server_options
 from sparsecodes.serve.settings import Settings
-from tests.serve.test_direct import CASES, KEY, MODEL, _close, _exchange, _port, _request, _rows
+from tests.serve.test_direct import CASES, KEY, MODEL, _close, _exchange, _port, _request, _rows, assert_alike
 from tests.support.server import Server, run_server
 
 LANE_PARSES = 'sparsecodes_body_parses_total{where="lane"}'
@@ -43,14 +43,7 @@ def _plain(n: int = 1, seed: int = 0) -> bytes:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_lane_answers_as_asgi(servers: tuple[Server, Server], case: str) -> None:
-    (status, headers, body), (status_asgi, headers_asgi, body_asgi) = (_exchange(s, CASES[case])[0] for s in servers)
-    assert status == status_asgi, (body, body_asgi)
-    headers.pop("date"), headers_asgi.pop("date")
-    assert headers == headers_asgi
-    if headers["content-type"] == "application/json" and status == 200:
-        assert _close(codec.loads(body), codec.loads(body_asgi))
-    else:
-        assert body == body_asgi
+    assert_alike(*servers, CASES[case])
 
 
 def test_the_lane_takes_plain_encodes_and_gives_the_rest_back(servers: tuple[Server, Server]) -> None:

@@ -23,7 +23,6 @@ route's own answer or error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparsecodes.codes import SparseCodes
 from sparsecodes.serve import parse
+from sparsecodes.serve.batcher import gather, stop_collector
 from sparsecodes.serve.errors import ServiceError
 from sparsecodes.serve.metrics import BODY_PARSES
 from sparsecodes.serve.routes import encode_answer
@@ -108,23 +108,17 @@ class EncodeLane:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            deadline = loop.time() + self.max_wait_s
-            while len(self._queue) < self.max_batch and self._company_expected() and (left := deadline - loop.time()) > 0:
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), left)
+            await gather(self._queue, self._wakeup, self.max_wait_s, self._room_and_company)
             await self._slots.acquire()  # at most PARALLEL_BATCHES at once: the next waits for a slot
             batch = self._pop_batch()
             self._running += len(batch)
             future = loop.run_in_executor(self.executor, self._answer, batch)
             future.add_done_callback(functools.partial(self._finish, batch))
 
-    def _company_expected(self) -> bool:
-        """Could another request still join: is any request in the server neither queued nor in a running batch?"""
-        return self.load() - self._running > len(self._queue)
+    def _room_and_company(self) -> bool:
+        """Room in the batch, and could another request still join: is any request in the server neither queued
+        nor in a running batch?"""
+        return len(self._queue) < self.max_batch and self.load() - self._running > len(self._queue)
 
     def _finish(self, batch: list[LaneRequest], future: asyncio.Future[list[Answer]]) -> None:
         self._running -= len(batch)
@@ -178,10 +172,5 @@ class EncodeLane:
     async def close(self) -> None:
         """Answer what is queued, then stop; later requests are refused by :meth:`submit`."""
         self.closed = True
-        while self._task is not None and not self._task.done() and (self._queue or self._running):
-            await asyncio.sleep(0.001)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_collector(self._task, lambda: bool(self._queue or self._running))
+        self._task = None
