@@ -142,6 +142,8 @@ def test_a_client_gone_mid_body_is_recorded_and_released(servers: tuple[Server, 
 def test_queued_requests_are_answered_at_shutdown(model_dir: Path) -> None:
     """The server told to stop while four requests wait in the lane for a fifth (its body still arriving):
     the four are answered, with ``Connection: close``; none is dropped."""
+    from prometheus_client import REGISTRY
+
     settings = Settings(model_dir=model_dir, port=free_port(), grpc_port=0, cache_size=0, max_wait_ms=500, log_level="warning")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), **server_options(settings)))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -149,6 +151,7 @@ def test_queued_requests_are_answered_at_shutdown(model_dir: Path) -> None:
     deadline = time.monotonic() + 60
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
+    parsed = REGISTRY.get_sample_value("sparsecodes_body_parses_total", {"where": "lane"}) or 0.0
     slow = socket.create_connection(("127.0.0.1", settings.port), timeout=10)
     slow.sendall(_plain(1, 9)[:-40])  # in flight: the lane waits for it to join the batch
     time.sleep(0.05)
@@ -169,6 +172,7 @@ def test_queued_requests_are_answered_at_shutdown(model_dir: Path) -> None:
         s.close()
     thread.join(timeout=30)
     assert not thread.is_alive()
+    assert REGISTRY.get_sample_value("sparsecodes_body_parses_total", {"where": "lane"}) == parsed + 4  # the lane's
 
 
 @pytest.fixture(scope="module")
