@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from sparsecodes.codes import SparseCodes
 from sparsecodes.serve import codec
-from sparsecodes.serve.errors import InvalidInput, MalformedBody
+from sparsecodes.serve.errors import InvalidInput, MalformedBody, ServiceError
 from sparsecodes.serve.schemas import DecodeOptions
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -115,6 +115,26 @@ def rows_request(body: Body, d_in: int, max_rows: int, options_model: type[Optio
     value = fields.pop("inputs")
     x = codec.float_matrix(value, d_in, "inputs", max_rows)
     return RowsRequest(x, isinstance(value, str), options(options_model, body.query, fields))
+
+
+def plain_rows_requests(bodies: list[bytes], d_in: int, max_rows: int, options_model: type[OptionsT]) -> list[RowsRequest] | None:
+    """JSON bodies that each hold only ``inputs`` as a list of rows (the usual encode request), parsed as
+    :func:`rows_request` parses them, with their rows converted and checked together
+    (``codec.float_matrices``). ``None`` when any body is otherwise: :func:`rows_request` then takes each alone."""
+    values = []
+    for data in bodies:
+        try:
+            fields = codec.loads(data)
+        except ServiceError:
+            return None
+        if type(fields) is not dict or len(fields) != 1 or "inputs" not in fields:
+            return None
+        values.append(fields["inputs"])
+    xs = codec.float_matrices(values, d_in, max_rows)
+    if xs is None:
+        return None
+    defaults = _defaults(options_model)
+    return [RowsRequest(x, False, defaults) for x in xs]
 
 
 def codes_request(body: Body, d_served: int, max_rows: int) -> CodesRequest:

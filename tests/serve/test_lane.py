@@ -224,17 +224,17 @@ def test_a_model_unloaded_and_loaded_again_is_served_by_a_fresh_lane(model_dir: 
 def test_a_write_that_fails_does_not_strand_the_rest_of_its_batch(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fault injection: the first answer's write raises. That client's connection is closed (recorded 500,
     logged with its request id); the other requests of the batch are answered."""
-    from sparsecodes.serve.http.protocol import DirectCycle
+    from sparsecodes.serve.http.protocol import LaneCycle
 
-    real, failed = DirectCycle.answer, []
+    real, failed = LaneCycle.answer, []
 
-    def answer(self: DirectCycle, response: object, rid: str) -> None:
+    def answer(self: LaneCycle, response: object, rid: str) -> None:
         if not failed:
             failed.append(rid)
             raise OSError("injected")
         real(self, response, rid)
 
-    monkeypatch.setattr(DirectCycle, "answer", answer)
+    monkeypatch.setattr(LaneCycle, "answer", answer)
     with run_server(model_dir=model_dir, cache_size=0, max_wait_ms=200) as server:
         series = f'sparsecodes_request_duration_seconds_count{{model="{MODEL}",route="/v1/models/{{name}}/encode",status="500"}}'
         before = server.metric(series)

@@ -46,7 +46,7 @@ from sparsecodes.serve.web import (
 if TYPE_CHECKING:
     from starlette.responses import Response
 
-    from sparsecodes.serve.http.protocol import DirectCycle
+    from sparsecodes.serve.http.protocol import DirectCycle, LaneCycle
     from sparsecodes.serve.runtime import ModelRuntime
 
 log = logging.getLogger("sparsecodes.app")
@@ -110,7 +110,7 @@ class DirectRoutes:
 
     # -- the batch lane --------------------------------------------------------------------------------------
 
-    def lane(self, cycle: DirectCycle, fall_back: Callable[[], None]) -> bool:
+    def lane(self, cycle: LaneCycle, fall_back: Callable[[], None]) -> bool:
         """Take ``cycle`` (its head complete, nothing before it on the connection) into its model's batch lane,
         if the lane answers it exactly as the route would: then it is counted in flight from now on, the
         protocol keeps its body and calls :meth:`submit` once it is complete. ``fall_back`` starts the direct
@@ -174,17 +174,15 @@ class DirectRoutes:
         REQUESTS_IN_FLIGHT.dec()
         request.fall_back()
 
-    def _lane_done(self, m: ModelRuntime, batch: list[LaneRequest], answers: list[Answer]) -> None:
-        """A batch is answered (or given back): write and record each answer; the code lengths at once."""
+    def _lane_done(self, m: ModelRuntime, batch: list[LaneRequest], answers: list[Answer], l0: np.ndarray) -> None:
+        """A batch is answered (or given back): write and record each answer; the code lengths ``l0`` of the
+        rows answered at once."""
         self.state.in_flight.n -= len(batch)
         REQUESTS_IN_FLIGHT.dec(len(batch))
-        l0s = []
-        for request, answer in zip(batch, answers, strict=True):
-            if answer is None:
+        for request, response in zip(batch, answers, strict=True):
+            if response is None:
                 request.fall_back()
                 continue
-            response, codes = answer
-            l0s.append(codes.l0)
             cycle = request.cycle
             target = cycle.target
             status = response.status_code
@@ -195,8 +193,8 @@ class DirectRoutes:
                 status = 500
                 cycle.transport.close()
             record_request("POST", target.path, target.route.path, target.name, status, time.perf_counter() - request.start, request.rid)
-        if l0s:
-            self.state.engine.record_l0(m, l0s[0] if len(l0s) == 1 else np.concatenate(l0s))
+        if l0.size:
+            self.state.engine.record_l0(m, l0)
 
     def _retire(self, lane: EncodeLane) -> None:
         task = asyncio.get_running_loop().create_task(lane.close())

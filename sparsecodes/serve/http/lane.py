@@ -7,9 +7,11 @@ coroutine chain and a parse and a render per request, and the one event loop, no
 protocol (``protocol.py``) keeps a small encode request's body, and once it is complete queues the request
 (:meth:`EncodeLane.submit`) instead of starting a task; one collector per model gathers a batch (as
 ``batcher.py`` does: up to ``max_batch_size`` requests, ``max_wait_ms``, no wait once every request in the server
-is queued), and one call in a worker thread parses every body, runs the model once over the rows the in-process
-cache lacks (``Engine.encode_now``) and renders every answer (``routes.encode_answer``, the direct route's own
-rendering); two batches may run at once, one in ONNX Runtime while the next is parsed. Back on the loop each
+is queued), and one call in a worker thread (:func:`answer_batch`) parses every body, runs the model once over
+the rows the in-process cache lacks (``Engine.encode_now``) and renders every answer (``routes.encode_answer``,
+the direct route's own rendering); two batches may run at once, one in ONNX Runtime while the next is parsed.
+The JSON bodies of a batch are parsed together when they all hold only ``inputs`` (``parse.plain_rows_requests``:
+one array, one bool look and one bound check for all their rows); else each with the route's own parser. Back on the loop each
 answer is written in one piece and recorded like any other request (``direct.DirectRoutes``).
 
 The lane answers only what it answers exactly as the encode route would. A request it does not take (a query
@@ -29,6 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from starlette.responses import Response
+
 from sparsecodes.codes import SparseCodes
 from sparsecodes.serve import parse
 from sparsecodes.serve.batcher import gather, stop_collector
@@ -39,8 +44,6 @@ from sparsecodes.serve.runtime import ModelRuntime
 from sparsecodes.serve.schemas import EncodeOptions
 
 if TYPE_CHECKING:
-    from starlette.responses import Response
-
     from sparsecodes.serve.engine import Engine
 
 log = logging.getLogger("sparsecodes.lane")
@@ -69,17 +72,23 @@ class LaneRequest:
     fall_back: Callable[[], None]
 
 
-Answer = tuple["Response", SparseCodes] | None
-"""What the worker made of one request: its response and the codes it carries, or ``None`` (fall back)."""
+LaneBody = tuple[bytes, bool, bool]
+"""What the lane's worker gets of one request: its body, whether that is binary, whether its answer is to be."""
+Answer = Response | None
+"""What the worker made of one request: its response, or ``None`` (fall back to the direct route)."""
+Answered = tuple[list[Answer], np.ndarray]
+"""A batch's answers, and the code lengths (l0) of the rows they carry, in order."""
+Encode = Callable[[ModelRuntime, list[np.ndarray], list[int | None]], list[SparseCodes] | None]
+"""``Engine.encode_now``: every request's codes from one run, or ``None``."""
 
 
 class EncodeLane:
-    """The lane of one model runtime ``m``: ``done(m, batch, answers)`` is called on the event loop for every
-    batch, with an answer (or ``None``) per request in order."""
+    """The lane of one model runtime ``m``: ``done(m, batch, answers, l0)`` is called on the event loop for every
+    batch, with an answer (or ``None``) per request in order and the code lengths of the rows answered."""
 
     def __init__(
         self, m: ModelRuntime, engine: Engine, *, max_batch: int, max_wait_s: float, max_rows: int,
-        load: Callable[[], int], done: Callable[[ModelRuntime, list[LaneRequest], list[Answer]], None],
+        load: Callable[[], int], done: Callable[[ModelRuntime, list[LaneRequest], list[Answer], np.ndarray], None],
     ) -> None:
         self.m = m
         self.engine = engine
@@ -124,11 +133,11 @@ class EncodeLane:
         self._running -= len(batch)
         self._slots.release()
         try:
-            answers = future.result()
+            answers, l0 = future.result()
         except Exception as e:  # a bug here must not strand the batch: the direct route serves it
             log.error("batch lane failed; its %d requests go through the direct route: %s", len(batch), e, exc_info=e)
-            answers = [None] * len(batch)
-        self.done(self.m, batch, answers)
+            answers, l0 = [None] * len(batch), np.zeros(0, np.int64)
+        self.done(self.m, batch, answers, l0)
 
     def _pop_batch(self) -> list[LaneRequest]:
         count, size = 0, 0
@@ -140,37 +149,54 @@ class EncodeLane:
         batch, self._queue = self._queue[:count], self._queue[count:]
         return batch
 
-    def _answer(self, batch: list[LaneRequest]) -> list[Answer]:
-        """In a worker thread: parse every body, run the model once over all their rows, render every answer."""
-        m = self.m
-        parsed: list[parse.RowsRequest | None] = []
-        for request in batch:
-            try:
-                req = parse.rows_request(parse.Body(request.cycle.body, request.binary_body, {}), m.d_in, self.max_rows, EncodeOptions)
-            except ServiceError:
-                req = None  # the direct route parses it again and answers its error
-            parsed.append(None if req is None or req.options.return_reconstruction else req)
+    def _answer(self, batch: list[LaneRequest]) -> Answered:
+        """In a worker thread: :func:`answer_batch`."""
         _PARSED.inc(len(batch))
-        taken = [req for req in parsed if req is not None]
-        if not taken:
-            return [None] * len(batch)
-        # One model run (for the rows the cache lacks); None: the run failed or overflowed, and the direct
-        # route serves each request alone, with the error it names.
-        codes = self.engine.encode_now(m, [req.x for req in taken], [req.options.max_active for req in taken])
-        if codes is None:
-            return [None] * len(batch)
-        own = iter(codes)
-        answers: list[Answer] = []
-        for request, req in zip(batch, parsed, strict=True):
-            if req is None:
-                answers.append(None)
-                continue
-            c = next(own)
-            answers.append((encode_answer(m, req, c, request.binary_answer), c))
-        return answers
+        bodies = [(request.cycle.body, request.binary_body, request.binary_answer) for request in batch]
+        return answer_batch(self.m, bodies, self.max_rows, self.engine.encode_now)
 
     async def close(self) -> None:
         """Answer what is queued, then stop; later requests are refused by :meth:`submit`."""
         self.closed = True
         await stop_collector(self._task, lambda: bool(self._queue or self._running))
         self._task = None
+
+
+def answer_batch(m: ModelRuntime, bodies: list[LaneBody], max_rows: int, encode: Encode) -> Answered:
+    """Parse every body, run the model once over all their rows (``encode``), render every answer with the
+    route's own ``encode_answer``. A request the route would answer otherwise (an error, ``return_reconstruction``)
+    gets ``None``, and so does every request when the run fails."""
+    parsed = parse_batch(bodies, m.d_in, max_rows)
+    taken = [req for req in parsed if req is not None]
+    codes = encode(m, [req.x for req in taken], [req.options.max_active for req in taken]) if taken else None
+    if codes is None:  # the direct route serves each request alone, with the error it names
+        return [None] * len(bodies), np.zeros(0, np.int64)
+    own = iter(codes)
+    answers: list[Answer] = []
+    l0s = []
+    for (_, _, binary_answer), req in zip(bodies, parsed, strict=True):
+        if req is None:
+            answers.append(None)
+            continue
+        c = next(own)
+        answers.append(encode_answer(m, req, c, binary_answer))
+        l0s.append(c.l0)
+    return answers, l0s[0] if len(l0s) == 1 else np.concatenate(l0s)
+
+
+def parse_batch(bodies: list[LaneBody], d_in: int, max_rows: int) -> list[parse.RowsRequest | None]:
+    """Each request's rows and options, or ``None`` for one the direct route should serve. The JSON bodies
+    are tried together first (``parse.plain_rows_requests``: one array for all their rows); otherwise, and
+    for binary bodies, each is parsed on its own with the route's parser."""
+    json_bodies = [body for body, binary, _ in bodies if not binary]
+    together = parse.plain_rows_requests(json_bodies, d_in, max_rows, EncodeOptions) if json_bodies else None
+    plain = iter(together or ())
+    return [next(plain) if together is not None and not binary else _parse_one(body, binary, d_in, max_rows) for body, binary, _ in bodies]
+
+
+def _parse_one(body: bytes, binary: bool, d_in: int, max_rows: int) -> parse.RowsRequest | None:
+    try:
+        req = parse.rows_request(parse.Body(body, binary, {}), d_in, max_rows, EncodeOptions)
+    except ServiceError:
+        return None  # the direct route parses it again and answers its error
+    return None if req.options.return_reconstruction else req

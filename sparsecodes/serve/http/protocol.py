@@ -30,6 +30,7 @@ The hot routes (encode, decode, denoise, infer) are served from here, without AS
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -117,27 +118,14 @@ _PENDING_WRITES: set[asyncio.Task[None]] = set()
 """Lane answers waiting for their client to read (a task is kept only while referenced)."""
 
 
-class DirectCycle(RequestResponseCycle):
-    """uvicorn's request/response cycle for a request the protocol serves itself (``direct.py``): the body
-    arrives through the inherited ``receive`` (100-continue, flow control, disconnects), ``run_asgi`` runs the
-    direct route instead of the ASGI app, and :meth:`write` sends the whole response in one write. A request in
-    the batch lane (``lane.py``) has no task: its ``lane`` entry is queued once the body is complete."""
+class OnePieceWriter:
+    """Writing a whole response in one transport write: status line, uvicorn's default headers, the response's
+    own, ``x-request-id`` and the body (the ASGI path wrote the head and the body apart: two socket writes per
+    response). For :class:`DirectCycle` and :class:`LaneCycle`, which hold the state it uses."""
 
-    target: Any
-    """The route and model name the request is for (``direct.Target``)."""
-    headers: list[tuple[bytes, bytes]]
-    lane: Any = None
-    """Its ``lane.LaneRequest`` while the batch lane holds it."""
-
-    async def run_asgi(self, app: Any) -> None:  # ``app``: the direct routes' ``serve``
-        try:
-            await app(self)
-        finally:
-            self.on_response = lambda: None
+    __slots__ = ()
 
     async def write(self, response: Any, rid: str) -> None:
-        """Status line, uvicorn's default headers, the response's own, ``x-request-id`` and the body at once
-        (the ASGI path wrote the head and the body apart: two socket writes per response)."""
         if self.flow.write_paused and not self.disconnected:
             await self.flow.drain()
         self._write(response, rid)
@@ -170,6 +158,58 @@ class DirectCycle(RequestResponseCycle):
         if not self.keep_alive:
             self.transport.close()
         self.on_response()
+
+
+class DirectCycle(OnePieceWriter, RequestResponseCycle):
+    """uvicorn's request/response cycle for a request the protocol serves itself (``direct.py``): the body
+    arrives through the inherited ``receive`` (100-continue, flow control, disconnects), ``run_asgi`` runs the
+    direct route instead of the ASGI app, and the answer goes out in one write."""
+
+    target: Any
+    """The route and model name the request is for (``direct.Target``)."""
+    headers: list[tuple[bytes, bytes]]
+
+    async def run_asgi(self, app: Any) -> None:  # ``app``: the direct routes' ``serve``
+        try:
+            await app(self)
+        finally:
+            self.on_response = lambda: None
+
+
+class _NoEvent:
+    """A lane request's message event: no task reads its body, so nothing waits for it."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+class LaneCycle(OnePieceWriter):
+    """A request in the batch lane (``lane.py``): what the protocol's callbacks and the one-piece answer need of
+    a cycle (the body as it arrives, keep-alive, the response state), and nothing else: no task, no event, no
+    ``receive``. Its ``lane`` entry is queued once the body is complete; if the lane gives the request back, a
+    :class:`DirectCycle` takes over its state (``LimitedHttpToolsProtocol._leave_lane``)."""
+
+    __slots__ = (
+        "body", "default_headers", "disconnected", "flow", "headers", "keep_alive", "lane", "more_body",
+        "on_response", "response_complete", "response_started", "scope", "target", "transport",
+    )
+    message_event = _NO_EVENT
+
+    def __init__(self, protocol: LimitedHttpToolsProtocol, target: Any, keep_alive: bool) -> None:
+        self.scope, self.transport, self.flow = protocol.scope, protocol.transport, protocol.flow
+        self.default_headers = protocol.server_state.default_headers
+        self.on_response = protocol.on_response_complete
+        self.target, self.headers, self.keep_alive = target, protocol.headers, keep_alive
+        self.body = b""
+        self.more_body = True
+        self.disconnected = self.response_started = self.response_complete = False
+        self.lane: Any = None
+        """Its ``lane.LaneRequest`` until its body is complete."""
 
 
 def _direct_routes(app: Any) -> Any:
@@ -352,30 +392,52 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.cycle.keep_alive = False
 
     def _start_direct(self, target: Any) -> None:
-        """What uvicorn's ``on_headers_complete`` does, with a :class:`DirectCycle` running the direct route."""
+        """What uvicorn's ``on_headers_complete`` does, for a direct route: the batch lane takes the request (a
+        :class:`LaneCycle`, no task) or a :class:`DirectCycle` runs the route."""
         http_version = self.parser.get_http_version()
         scope = self.scope
         scope["method"], scope["path"], scope["query_string"] = "POST", target.path, target.query_string
         if http_version != "1.1":
             scope["http_version"] = http_version
+        keep_alive = http_version != "1.0" and self.parser.should_keep_alive()
+        existing = self.cycle
+        if existing is not None and not existing.response_complete:  # pipelined: started when the one before is answered
+            self.cycle = self._direct_cycle(target, keep_alive)
+            self.flow.pause_reading()
+            self.pipeline.appendleft((self.cycle, self.direct.serve))  # type: ignore[union-attr, arg-type]
+            return
+        if not self.expect_100_continue and not self.flow.write_paused:
+            lane = LaneCycle(self, target, keep_alive)
+            if self.direct.lane(lane, functools.partial(self._leave_lane, lane)):  # type: ignore[union-attr]
+                self.cycle = lane  # type: ignore[assignment]
+                return
+        self.cycle = self._direct_cycle(target, keep_alive)
+        self._start_asgi_task(self.cycle, self.direct.serve)  # type: ignore[union-attr, arg-type]
+
+    def _direct_cycle(self, target: Any, keep_alive: bool) -> DirectCycle:
         cycle = DirectCycle(
-            scope=scope, transport=self.transport, flow=self.flow, logger=self.logger, access_logger=self.access_logger,
+            scope=self.scope, transport=self.transport, flow=self.flow, logger=self.logger, access_logger=self.access_logger,
             access_log=self.access_log, default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
-            expect_100_continue=self.expect_100_continue, keep_alive=http_version != "1.0" and self.parser.should_keep_alive(),
-            on_response=self.on_response_complete,
+            expect_100_continue=self.expect_100_continue, keep_alive=keep_alive, on_response=self.on_response_complete,
         )
         cycle.target, cycle.headers = target, self.headers
-        existing, self.cycle = self.cycle, cycle
-        if existing is None or existing.response_complete:
-            if self.expect_100_continue or self.flow.write_paused or not self._lane(cycle):
-                self._start_asgi_task(cycle, self.direct.serve)  # type: ignore[union-attr, arg-type]
-        else:  # pipelined: started when the one before is answered (uvicorn's queue)
-            self.flow.pause_reading()
-            self.pipeline.appendleft((cycle, self.direct.serve))  # type: ignore[union-attr, arg-type]
+        return cycle
 
-    def _lane(self, cycle: DirectCycle) -> bool:
-        """Whether the batch lane takes ``cycle`` (``direct.DirectRoutes.lane``): then no task is started."""
-        return self.direct.lane(cycle, lambda: self._start_asgi_task(cycle, self.direct.serve))  # type: ignore[union-attr, arg-type]
+    def _leave_lane(self, lane: LaneCycle) -> None:
+        """The batch lane gives ``lane``'s request back (or its body never came): the direct route serves it, in a
+        :class:`DirectCycle` that takes over the body kept, keep-alive and whether the client is gone."""
+        cycle = DirectCycle(
+            scope=lane.scope, transport=self.transport, flow=self.flow, logger=self.logger, access_logger=self.access_logger,
+            access_log=self.access_log, default_headers=lane.default_headers, message_event=asyncio.Event(),
+            expect_100_continue=False, keep_alive=lane.keep_alive, on_response=self.on_response_complete,
+        )
+        cycle.target, cycle.headers = lane.target, lane.headers
+        cycle.body, cycle.more_body, cycle.disconnected = lane.body, lane.more_body, lane.disconnected  # type: ignore[assignment]
+        if not lane.more_body or lane.disconnected:
+            cycle.message_event.set()  # nothing more arrives: ``receive`` must not wait
+        if self.cycle is lane:  # still the connection's current request (nothing pipelined behind it yet)
+            self.cycle = cycle
+        self._start_asgi_task(cycle, self.direct.serve)  # type: ignore[union-attr, arg-type]
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

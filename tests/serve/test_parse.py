@@ -1,0 +1,81 @@
+"""The batch lane's parser of many plain JSON bodies at once (``parse.plain_rows_requests``) against the route's
+parser of one body (``parse.rows_request``): the same rows, exactly, for every body it takes; and every body it
+does not take whole (a batch with one odd body) is left to the route's parser, which names the problem."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from sparsecodes.serve import parse
+from sparsecodes.serve.errors import ServiceError
+from sparsecodes.serve.schemas import EncodeOptions
+
+D, MAX_ROWS = 4, 3
+
+
+def _body(inputs: object) -> bytes:
+    return orjson.dumps({"inputs": inputs})
+
+
+PLAIN = [
+    _body([[0.5, -1.25, 3.0, 1e-8]]),
+    _body([[1, 2, 3, 4], [5, 6, 7, 8]]),  # integers: int64 alone, float64 beside the others; float32 alike
+    _body([[0.0, 1.0, 0.0, 1.0]]),  # exact zeros and ones, no bool
+    _body([[3.4e38 / 1e24, -2.0**48, 16777217, 0.1]]),  # large, in bounds; 16777217 rounds in float32
+    b' {"inputs" : [[1.5, 2.5, 3.5, 4.5]]} ',
+]
+
+ODD = {
+    "bool": _body([[True, 0.0, 1.0, 2.0]]),
+    "ragged": _body([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0]]),
+    "wrong width": _body([[1.0, 2.0, 3.0]]),
+    "too many rows": _body([[1.0] * D] * (MAX_ROWS + 1)),
+    "no rows": _body([]),
+    "flat": _body([1.0, 2.0, 3.0, 4.0]),
+    "string": _body([["1", 2.0, 3.0, 4.0]]),
+    "null": _body([[None, 2.0, 3.0, 4.0]]),
+    "out of bounds": _body([[2.0**50, 0.0, 0.0, 0.0]]),
+    "float32 overflow": _body([[1e39, 0.0, 0.0, 0.0]]),
+    "NaN": b'{"inputs": [[NaN, 0.0, 0.0, 0.0]]}',
+    "duplicate key": b'{"inputs": [[1.0, 2.0, 3.0, 4.0]], "inputs": [[1.0, 2.0, 3.0, 4.0]]}',
+    "option": orjson.dumps({"inputs": [[1.0, 2.0, 3.0, 4.0]], "max_active": 2}),
+    "not JSON": b'{"inputs": [[1.0, 2.0',
+    "empty": b"",
+    "array": b"[[1.0, 2.0, 3.0, 4.0]]",
+    "base64": orjson.dumps({"inputs": "AACAPwAAAEAAAEBAAACAQA=="}),
+    "3-D": _body([[[1.0, 2.0, 3.0, 4.0]]]),
+}
+
+
+def _alone(body: bytes) -> parse.RowsRequest:
+    return parse.rows_request(parse.Body(body, False, {}), D, MAX_ROWS, EncodeOptions)
+
+
+def test_plain_bodies_parse_together_exactly_as_each_alone() -> None:
+    together = parse.plain_rows_requests(PLAIN, D, MAX_ROWS, EncodeOptions)
+    assert together is not None
+    for body, req in zip(PLAIN, together, strict=True):
+        alone = _alone(body)
+        assert req.x.dtype == np.float32 and req.x.flags.c_contiguous
+        assert req.x.shape == alone.x.shape
+        assert req.x.tobytes() == alone.x.tobytes()  # the same float32 conversion: exact
+        assert req.options == alone.options and req.base64 == alone.base64
+
+
+@pytest.mark.parametrize("odd", list(ODD))
+def test_one_odd_body_leaves_the_batch_to_the_route_parser(odd: str) -> None:
+    body = ODD[odd]
+    assert parse.plain_rows_requests([*PLAIN[:2], body, *PLAIN[2:]], D, MAX_ROWS, EncodeOptions) is None
+    try:
+        alone = _alone(body)
+    except ServiceError:
+        return  # the route's parser names the problem (tests/serve/test_errors.py checks each message)
+    assert odd in {"option", "base64"} and alone.x.shape == (1, D)  # valid, but not the plain form
+
+
+def test_values_of_zero_and_one_beside_a_bool_in_another_body() -> None:
+    """One body's ``true`` must not hide behind another's exact 0 and 1: the batch is refused, not coerced."""
+    assert parse.plain_rows_requests([PLAIN[2], _body([[False, 2.0, 3.0, 4.0]])], D, MAX_ROWS, EncodeOptions) is None
+    assert parse.plain_rows_requests([PLAIN[2], PLAIN[2]], D, MAX_ROWS, EncodeOptions) is not None
