@@ -417,11 +417,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.cycle = self._direct_cycle(target, keep_alive)
         self._start_asgi_task(self.cycle, self.direct.serve)  # type: ignore[union-attr, arg-type]
 
-    def _direct_cycle(self, target: Any, keep_alive: bool) -> DirectCycle:
+    def _direct_cycle(self, target: Any, keep_alive: bool, scope: Any = None, expect_100_continue: bool | None = None) -> DirectCycle:
+        """A :class:`DirectCycle` for ``target`` on this connection (the current request's scope and 100-continue
+        unless given)."""
         cycle = DirectCycle(
-            scope=self.scope, transport=self.transport, flow=self.flow, logger=self.logger, access_logger=self.access_logger,
-            access_log=self.access_log, default_headers=self.server_state.default_headers, message_event=asyncio.Event(),
-            expect_100_continue=self.expect_100_continue, keep_alive=keep_alive, on_response=self.on_response_complete,
+            scope=self.scope if scope is None else scope, transport=self.transport, flow=self.flow, logger=self.logger,
+            access_logger=self.access_logger, access_log=self.access_log, default_headers=self.server_state.default_headers,
+            message_event=asyncio.Event(), keep_alive=keep_alive, on_response=self.on_response_complete,
+            expect_100_continue=self.expect_100_continue if expect_100_continue is None else expect_100_continue,
         )
         cycle.target, cycle.headers = target, self.headers
         return cycle
@@ -429,12 +432,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _leave_lane(self, lane: LaneCycle) -> None:
         """The batch lane gives ``lane``'s request back (or its body never came): the direct route serves it, in a
         :class:`DirectCycle` that takes over the body kept, keep-alive and whether the client is gone."""
-        cycle = DirectCycle(
-            scope=lane.scope, transport=self.transport, flow=self.flow, logger=self.logger, access_logger=self.access_logger,
-            access_log=self.access_log, default_headers=lane.default_headers, message_event=asyncio.Event(),
-            expect_100_continue=False, keep_alive=lane.keep_alive, on_response=self.on_response_complete,
-        )
-        cycle.target, cycle.headers = lane.target, lane.headers
+        cycle = self._direct_cycle(lane.target, lane.keep_alive, lane.scope, expect_100_continue=False)
+        cycle.headers = lane.headers
         cycle.body, cycle.more_body, cycle.disconnected = lane.body, lane.more_body, lane.disconnected  # type: ignore[assignment]
         if not lane.more_body or lane.disconnected:
             cycle.message_event.set()  # nothing more arrives: ``receive`` must not wait
