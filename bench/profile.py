@@ -38,6 +38,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
                          "RecentL0")),
     ("HTTP protocol, response write", ("uvicorn/protocols", "httptools", "sparsecodes/serve/http/protocol.py")),
     ("direct route layer", ("sparsecodes/serve/http/direct.py",)),
+    ("batch lane (collector, batch call)", ("sparsecodes/serve/http/lane.py",)),
     ("route handlers", ("sparsecodes/serve/routes.py", "sparsecodes/serve/oip.py", "sparsecodes/serve/web.py",
                         "sparsecodes/serve/http/call.py")),
     ("FastAPI/Starlette stack, middlewares", ("starlette/", "fastapi/", "sparsecodes/serve/app.py",
