@@ -209,7 +209,6 @@ def check_matrix(x: np.ndarray, d: int, field: str, max_rows: int) -> np.ndarray
     return x
 
 
-
 def _float32(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):  # overflow to ±inf is what the bound check catches
         return np.ascontiguousarray(x, dtype=np.float32)
@@ -244,6 +243,7 @@ def float_matrices(values: list[Any], d: int, max_rows: int) -> list[np.ndarray]
         return None
     bounds = np.cumsum([0, *map(len, values)]).tolist()
     return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
 
 _BOUND_TEXT = "2**49 ≈ 5.6e14 (as float32)"
 

@@ -10,9 +10,10 @@ protocol (``protocol.py``) keeps a small encode request's body, and once it is c
 is queued), and one call in a worker thread (:func:`answer_batch`) parses every body, runs the model once over
 the rows the in-process cache lacks (``Engine.encode_now``) and renders every answer (``routes.encode_answer``,
 the direct route's own rendering); two batches may run at once, one in ONNX Runtime while the next is parsed.
-The JSON bodies of a batch are parsed together when they all hold only ``inputs`` (``parse.plain_rows_requests``:
-one array, one bool look and one bound check for all their rows); else each with the route's own parser. Back on the loop each
-answer is written in one piece and recorded like any other request (``direct.DirectRoutes``).
+The JSON bodies of a batch are parsed together when they all hold only ``inputs``
+(``parse.plain_rows_requests``: one array, one bool look and one bound check for all their rows); else each with
+the route's own parser. Back on the loop each answer is written in one piece and recorded like any other request
+(``direct.DirectRoutes``).
 
 The lane answers only what it answers exactly as the encode route would. A request it does not take (a query
 string, ``Expect: 100-continue``, a body over :data:`LANE_MAX_BYTES` or without ``Content-Length``, a pipelined
@@ -73,7 +74,7 @@ class LaneRequest:
 
 
 LaneBody = tuple[bytes, bool, bool]
-"""What the lane's worker gets of one request: its body, whether that is binary, whether its answer is to be."""
+"""What the lane's worker gets of one request: its body, whether that is binary, whether its answer is to be binary."""
 Answer = Response | None
 """What the worker made of one request: its response, or ``None`` (fall back to the direct route)."""
 Answered = tuple[list[Answer], np.ndarray]
