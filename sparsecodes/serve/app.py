@@ -206,7 +206,7 @@ def _lifespan(settings: Settings) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         providers = resolve_providers(settings.providers)
-        models, problems = load_models(settings.model_dir, providers)
+        models, problems = load_models(settings.model_dir, providers, settings.ort_threads)
         if not models:
             log.warning("no servable bundle under %s (%d skipped); readiness stays false", settings.model_dir, len(problems))
         app.state.problems = problems
@@ -281,6 +281,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # response_class documents the text exposition format (the schema said application/json: schemathesis).
     @app.get("/metrics", include_in_schema=True, tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
+        direct = getattr(app.state, "direct_routes", None)
+        if direct is not None:
+            direct.count_in_flight()  # the lane's requests since its last batch
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

@@ -137,6 +137,16 @@ def plain_rows_requests(bodies: list[bytes], d_in: int, max_rows: int, options_m
     return [RowsRequest(x, False, defaults) for x in xs]
 
 
+def plain_binary_rows_requests(bodies: list[bytes], d_in: int, max_rows: int, options_model: type[OptionsT]) -> list[RowsRequest] | None:
+    """:func:`plain_rows_requests` for binary bodies: each only a float32 ``inputs`` tensor (``codec.plain_float_matrices``),
+    parsed as :func:`rows_request` parses it; ``None`` when any body is otherwise."""
+    xs = codec.plain_float_matrices(bodies, d_in, max_rows)
+    if xs is None:
+        return None
+    defaults = _defaults(options_model)
+    return [RowsRequest(x, False, defaults) for x in xs]
+
+
 def codes_request(body: Body, d_served: int, max_rows: int) -> CodesRequest:
     """The codes of a decode request, checked against ``d_served``, and its options."""
     if body.binary:

@@ -16,6 +16,7 @@ Protected by the API key like ``/v1`` and ``/v2/models`` (``web.PROTECTED_PREFIX
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -146,7 +147,7 @@ async def load(name: str, request: Request) -> Response:
         start = time.perf_counter()
         try:
             providers = resolve_providers(engine.settings.providers)
-            runtime = await asyncio.to_thread(load_model, folder, providers)
+            runtime = await asyncio.to_thread(functools.partial(load_model, folder, providers, threads=engine.settings.ort_threads))
         except BundleError as e:
             log.error("load of %s from %s refused: %s", name, folder, e)
             raise ModelLoadFailed(

@@ -145,15 +145,16 @@ class ModelRuntime:
             self._run(self.decoder, "decoder", {bundle.DECODER_INPUT: codes.to_dense(self.d_served)})
 
 
-def load_model(folder: Path, providers: list[str], *, warm_up: bool = True) -> ModelRuntime:
+def load_model(folder: Path, providers: list[str], *, warm_up: bool = True, threads: int = 0) -> ModelRuntime:
     """Verify a bundle and open its sessions. Raises ``BundleError``.
 
+    ``threads``: ONNX Runtime's intra-op threads per run (``SPARSECODES_ORT_THREADS``; 0: its default).
     Every listed file is read once and checked against the manifest's size and sha256 before it is used (the
     graphs reach ONNX Runtime as those bytes), and the manifest's version must be its graphs' content hash."""
     manifest = bundle.read_manifest(folder)
     files = manifest.files
     roles = ["encoder", "decoder", *(["decoder_sparse"] if "decoder_sparse" in files else [])]
-    sessions = bundle.open_sessions(folder, manifest, roles, providers)
+    sessions = bundle.open_sessions(folder, manifest, roles, providers, threads)
     # Every other listed file is checked too (fp16 graphs, external data: whatever the bundle claims).
     rest = [r for r in files if r not in roles and r != bundle.EXAMPLES_ROLE and not r.startswith(bundle.PLOT_ROLE_PREFIX)]
     bundle.verify_files(folder, manifest, rest)
@@ -198,7 +199,7 @@ def bundle_folders(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.iterdir() if p.is_dir() and (p / bundle.MANIFEST_FILE).is_file())
 
 
-def load_models(model_dir: Path, providers: list[str]) -> tuple[dict[str, ModelRuntime], dict[str, str]]:
+def load_models(model_dir: Path, providers: list[str], threads: int = 0) -> tuple[dict[str, ModelRuntime], dict[str, str]]:
     """Load every bundle under ``model_dir``; a bad one is logged and skipped.
 
     Returns ``(models by name, problems by folder)``. Two bundles with the same name: the first (by folder
@@ -209,7 +210,7 @@ def load_models(model_dir: Path, providers: list[str]) -> tuple[dict[str, ModelR
     for folder in bundle_folders(model_dir):
         start = time.perf_counter()
         try:
-            runtime = load_model(folder, providers)
+            runtime = load_model(folder, providers, threads=threads)
         except BundleError as e:
             problems[str(folder)] = str(e)
             log.error("skipping bundle %s: %s", folder, e)

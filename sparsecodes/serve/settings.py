@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     """Rows per coalesced call; a request with at least this many rows runs on its own."""
     max_wait_ms: float = Field(2.0, ge=0)
     """How long the first queued request waits for company before its batch runs."""
+    ort_threads: int = Field(0, ge=0)
+    """ONNX Runtime's intra-op threads per run (0: its default, one per physical core). The server already runs
+    batches and large requests in parallel on its own threads, so with several workers (``workers``) or many
+    concurrent requests a run that also spreads over every core oversubscribes them; one client sending large
+    batches one at a time is served fastest by the default (4096-row binary batches: 0.68 × the rows/s with 1,
+    one-off, docs/benchmarks.md)."""
     max_rows: int = Field(4096, ge=1)
     """Rows per request; more is answered 413."""
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)

@@ -151,6 +151,33 @@ def test_connections_that_never_send_are_closed(strict: Server) -> None:
     assert _refusals(strict, "idle") - before == 20
 
 
+def test_keep_alive_counts_from_the_last_answer(strict: Server) -> None:
+    """An idle keep-alive connection closes once the keep-alive (2 s here) has passed since its last answer;
+    one whose requests come more often than that stays open, however long it lives (the protocol keeps one
+    lazy timer per connection instead of one per response)."""
+    encode = http_request(ENCODE, codec.write_tensors({"inputs": np.full((1, 64), 0.5, np.float32)}), codec.BINARY_MEDIA_TYPE)
+    with socket.create_connection(("127.0.0.1", _port(strict)), timeout=5) as idle:
+        idle.sendall(_get("/v2/health/live"))
+        answer, closed = _read_all(idle, 0.5)  # the answer, and the connection still open
+        assert _status(answer) == 200 and not closed
+        busy = socket.create_connection(("127.0.0.1", _port(strict)), timeout=5)
+        for _ in range(5):  # 6 s in all, a request every 1.2 s: each on the same connection (the lane's route)
+            busy.sendall(encode)
+            answer, closed = _read_all(busy, 1.2)
+            assert _status(answer) == 200 and not closed, answer[:200]
+        # the idle one closed 2 s after its answer, long before the busy one's last
+        rest, closed = _read_all(idle, 0.1)
+        busy.close()
+        assert closed and rest == b""
+    with socket.create_connection(("127.0.0.1", _port(strict)), timeout=5) as idle:
+        idle.sendall(_get("/v2/health/live"))
+        answered = time.monotonic()
+        answer, closed = _read_all(idle, 4.0)
+        waited = time.monotonic() - answered
+        assert _status(answer) == 200 and closed
+        assert 1.8 < waited < 3.5, waited
+
+
 # -- bodies ------------------------------------------------------------------------------------------------
 
 

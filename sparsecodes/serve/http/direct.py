@@ -39,6 +39,7 @@ from sparsecodes.serve.web import (
     internal_error_response,
     media_type,
     record_request,
+    record_requests,
     render_service_error,
     request_id,
 )
@@ -83,6 +84,9 @@ class DirectRoutes:
         self.keys: list[str] = app.state.settings.api_keys
         self.lanes: dict[str, EncodeLane] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._encodings: dict[tuple[bytes | None, bytes | None], tuple[bool, bool] | None] = {}
+        self._uncounted = 0
+        """Lane requests in ``state.in_flight`` but not yet in the gauge (:meth:`count_in_flight`)."""
         self._targets: dict[bytes, Target | None] = {}
         """What each URL seen lately is (its hot route or none): parsed once, not per request."""
 
@@ -135,25 +139,44 @@ class DirectRoutes:
                 accept = value if accept is None else accept
         if length is None or not length.isdigit() or int(length) > LANE_MAX_BYTES:
             return False
-        binary = body_is_binary(media_type(content_type.decode("latin-1") if content_type is not None else None))
-        if binary is None:
+        encodings = self._encodings.get((content_type, accept), _UNSEEN)
+        if encodings is _UNSEEN:
+            encodings = self._encodings_of(content_type, accept)
+        if encodings is None:
             return False  # the route's 415
         if self.keys:
             try:
                 check_api_key(authorization(cycle.headers), self.keys)
             except ServiceError:
                 return False  # the route's 401
-        binary_answer = answer_is_binary(accept.decode("latin-1") if accept is not None else "", binary)
-        cycle.lane = LaneRequest(cycle, binary, binary_answer, request_id(cycle.headers), time.perf_counter(), fall_back)
+        cycle.lane = LaneRequest(cycle, *encodings, request_id(cycle.headers), time.perf_counter(), fall_back, engine)  # type: ignore[misc]
         self.state.in_flight.n += 1
-        REQUESTS_IN_FLIGHT.inc()
+        self._uncounted += 1
         return True
+
+    def _encodings_of(self, content_type: bytes | None, accept: bytes | None) -> tuple[bool, bool] | None:
+        """Whether a body of ``content_type`` is binary and whether its answer is to be, for ``accept``; ``None``
+        if the route refuses the body's type. Kept per pair of header values (clients send the same few)."""
+        binary = body_is_binary(media_type(content_type.decode("latin-1") if content_type is not None else None))
+        encodings = None if binary is None else (binary, answer_is_binary(accept.decode("latin-1") if accept is not None else "", binary))
+        if len(self._encodings) >= _TARGETS_KEPT:
+            self._encodings.clear()
+        self._encodings[(content_type, accept)] = encodings
+        return encodings
+
+    def count_in_flight(self) -> None:
+        """Move the lane's requests taken since the last call into the in-flight gauge. A lane request is counted
+        in ``state.in_flight`` (which the batchers read) at once, and in the gauge at the next batch's end or
+        scrape (``/metrics`` calls this): a gauge update costs a lock, twice per request."""
+        if self._uncounted:  # negative when requests counted by a scrape have gone since
+            REQUESTS_IN_FLIGHT.inc(self._uncounted)
+            self._uncounted = 0
 
     def submit(self, request: LaneRequest) -> None:
         """``request``'s body is complete: queue it in its model's lane (the runtime served now)."""
-        engine = getattr(self.state, "engine", None)
+        engine = request.engine
         name = request.cycle.target.name
-        m = engine.models.get(name) if engine is not None else None
+        m = engine.models.get(name)
         lane = self.lanes.get(name)
         if lane is not None and lane.m is not m:  # replaced or unloaded: it answers what it holds, then stops
             self._retire(self.lanes.pop(name))
@@ -171,28 +194,34 @@ class DirectRoutes:
         """Give ``request`` to the direct route (the lane is closed, or its connection went before its body
         arrived: the route then records a 499 or a 408)."""
         self.state.in_flight.n -= 1
-        REQUESTS_IN_FLIGHT.dec()
+        self._uncounted -= 1
+        self.count_in_flight()
         request.fall_back()
 
     def _lane_done(self, m: ModelRuntime, batch: list[LaneRequest], answers: list[Answer], l0: np.ndarray) -> None:
         """A batch is answered (or given back): write and record each answer; the code lengths ``l0`` of the
         rows answered at once."""
         self.state.in_flight.n -= len(batch)
-        REQUESTS_IN_FLIGHT.dec(len(batch))
+        self._uncounted -= len(batch)
+        self.count_in_flight()
+        now = time.perf_counter()
+        answered: list[tuple[str, float, str]] = []
         for request, response in zip(batch, answers, strict=True):
             if response is None:
                 request.fall_back()
                 continue
             cycle = request.cycle
             target = cycle.target
-            status = response.status_code
             try:
                 cycle.answer(response, request.rid)
             except Exception as exc:  # one broken connection must not strand the rest of the batch
                 log.error("batch lane: writing the answer failed: %s", exc, exc_info=exc, extra={"request_id": request.rid})
-                status = 500
                 cycle.transport.close()
-            record_request("POST", target.path, target.route.path, target.name, status, time.perf_counter() - request.start, request.rid)
+                record_request("POST", target.path, _ENCODE.path, target.name, 500, now - request.start, request.rid)
+                continue
+            answered.append((target.path, now - request.start, request.rid))
+        if answered:  # every answer the lane gives is a 200 of the encode route, for the model the batch is of
+            record_requests("POST", _ENCODE.path, batch[0].cycle.target.name, 200, answered)
         if l0.size:
             self.state.engine.record_l0(m, l0)
 

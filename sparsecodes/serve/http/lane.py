@@ -63,7 +63,7 @@ _PARSED = BODY_PARSES.labels(where="lane")
 @dataclass(eq=False, slots=True)
 class LaneRequest:
     """One queued request: its cycle (body, keep-alive, transport), how its body and answer are encoded, its id,
-    when it started, and ``fall_back`` (serve it through the direct route instead)."""
+    when it started, ``fall_back`` (serve it through the direct route instead), and the engine serving it."""
 
     cycle: Any
     binary_body: bool
@@ -71,6 +71,7 @@ class LaneRequest:
     rid: str
     start: float
     fall_back: Callable[[], None]
+    engine: Engine
 
 
 LaneBody = tuple[bytes, bool, bool]
@@ -187,12 +188,16 @@ def answer_batch(m: ModelRuntime, bodies: list[LaneBody], max_rows: int, encode:
 
 def parse_batch(bodies: list[LaneBody], d_in: int, max_rows: int) -> list[parse.RowsRequest | None]:
     """Each request's rows and options, or ``None`` for one the direct route should serve. The JSON bodies
-    are tried together first (``parse.plain_rows_requests``: one array for all their rows); otherwise, and
-    for binary bodies, each is parsed on its own with the route's parser."""
-    json_bodies = [body for body, binary, _ in bodies if not binary]
-    together = parse.plain_rows_requests(json_bodies, d_in, max_rows, EncodeOptions) if json_bodies else None
-    plain = iter(together or ())
-    return [next(plain) if together is not None and not binary else _parse_one(body, binary, d_in, max_rows) for body, binary, _ in bodies]
+    are tried together first, and so are the binary ones (``parse.plain_rows_requests``,
+    ``parse.plain_binary_rows_requests``: one array for all their rows); a body of a kind that did not parse
+    together is parsed on its own with the route's parser."""
+    together = {}
+    for binary, parse_together in ((False, parse.plain_rows_requests), (True, parse.plain_binary_rows_requests)):
+        same = [body for body, is_binary, _ in bodies if is_binary is binary]
+        parsed = parse_together(same, d_in, max_rows, EncodeOptions) if same else None
+        if parsed is not None:
+            together[binary] = iter(parsed)
+    return [next(together[binary]) if binary in together else _parse_one(body, binary, d_in, max_rows) for body, binary, _ in bodies]
 
 
 def _parse_one(body: bytes, binary: bool, d_in: int, max_rows: int) -> parse.RowsRequest | None:

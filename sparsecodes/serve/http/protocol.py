@@ -40,6 +40,7 @@ from typing import Any
 
 import httptools
 import orjson
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from sparsecodes.serve.errors import (
@@ -275,6 +276,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._closing = False
         self._draining = False
         self._heard_at = self._linger_start = 0.0
+        self._keep_alive_timer: asyncio.TimerHandle | None = None
+        """The lazy keep-alive timer (:meth:`on_response_complete`)."""
+        self._answered_at = 0.0
+        self._scope_base: dict[str, Any] = {}
         # Not with a root path or a concurrency limit: uvicorn applies those on its way to the ASGI app.
         plain = not self.root_path and self.limit_concurrency is None
         self.direct = _direct_routes(self.app) if plain else None
@@ -290,12 +295,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             ))
             return
         super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
+        self._scope_base = {
+            "type": "http", "asgi": {"version": self.asgi_version, "spec_version": "2.3"}, "http_version": "1.1",
+            "server": self.server, "client": self.client, "scheme": self.scheme, "root_path": self.root_path,
+        }
+        """What every request's ASGI scope on this connection starts from (uvicorn builds it anew per request)."""
         self._accepted = True
         CONNECTIONS_OPEN.inc()
         self._arm(HEAD, self.limits.header_timeout_s)  # the first request must come in time too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
+            self._keep_alive_timer = None
         if self._accepted:
             self._accepted = False
             CONNECTIONS_OPEN.dec()
@@ -317,7 +330,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._closing:
             self._heard_at = self.loop.time()  # refused: dropped, until the lingering close
             return
-        self._unset_keepalive_if_required()
         if self._state != BODY:
             self._head_bytes += len(data)
         try:
@@ -360,7 +372,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks --------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # uvicorn's, with the connection's part of the scope built once (``connection_made``)
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        scope = self._scope_base.copy()
+        scope["headers"], scope["state"] = self.headers, self.app_state.copy()
+        self.scope = scope  # type: ignore[assignment]
         self._state = HEAD
         self._head_size = self._fields = 0
 
@@ -377,7 +395,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             ))
         if self._head_size > self.limits.max_header_bytes:
             raise _Refuse("header_too_large", self._too_large())
-        super().on_header(name, value)
+        # uvicorn's: the name lowered, the value without trailing whitespace (llhttp keeps it; RFC 9110 §5.5 excludes it)
+        name = name.lower()
+        value = value.rstrip(b" \t")
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._head_size > self.limits.max_header_bytes:  # a huge URL with few headers
@@ -443,19 +466,55 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
-        super().on_body(body)
+        cycle = self.cycle  # uvicorn's, inlined
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
         self._state = IDLE
         self._head_bytes = 0
         cycle = self.cycle
+        if not (cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade())):  # uvicorn's
+            cycle.more_body = False
+            cycle.message_event.set()
         if not cycle.response_started:
             cycle.keep_alive = self._keep_alive
         lane = getattr(cycle, "lane", None)
         if lane is not None:
             cycle.lane = None
             self.direct.submit(lane)  # type: ignore[union-attr]
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, with a lazy keep-alive timer: uvicorn arms one per response and cancels it when the next
+        request arrives (a timer handle made and dropped per request); here a connection has at most one, which
+        on firing closes the connection if it has been idle for the keep-alive since its last answer, or waits
+        out the rest."""
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._answered_at = self.loop.time()
+        if self._keep_alive_timer is None:
+            self._keep_alive_timer = self.loop.call_later(self.timeout_keep_alive, self._keep_alive_check)
+
+    def _keep_alive_check(self) -> None:
+        self._keep_alive_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or self._state != IDLE or self.pipeline or (cycle is not None and not cycle.response_complete):
+            return  # closing, or a request is under way: its answer arms the timer again
+        left = self._answered_at + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self._keep_alive_timer = self.loop.call_later(left, self._keep_alive_check)
+        else:
+            self.transport.close()
 
     # -- timers ---------------------------------------------------------------------------------------------
 
@@ -562,5 +621,5 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.keep_alive = self._keep_alive = False
-        elif self._state == IDLE and self.timeout_keep_alive_task is None and not self._closing:
+        elif self._state == IDLE and self._keep_alive_timer is None and not self._closing:
             self._arm(HEAD, min(self.limits.keep_alive_s, self.limits.header_timeout_s))
