@@ -83,6 +83,21 @@ def test_the_same_metrics_and_log_line_as_asgi(servers: tuple[Server, Server]) -
         assert server.metric("sparsecodes_requests_in_flight") == 1  # the scrape itself
 
 
+def test_a_lane_request_whose_body_is_arriving_is_in_flight(servers: tuple[Server, Server]) -> None:
+    """The lane moves the in-flight gauge once per batch; a scrape in between still counts its requests."""
+    lane = servers[0]
+    data = _plain(2)
+    with socket.create_connection(("127.0.0.1", _port(lane)), timeout=10) as s:
+        s.sendall(data[:-20])  # the head and most of the body: taken by the lane, waiting for the rest
+        deadline = time.monotonic() + 5
+        while lane.metric("sparsecodes_requests_in_flight") != 2 and time.monotonic() < deadline:  # it, and the scrape
+            time.sleep(0.05)
+        assert lane.metric("sparsecodes_requests_in_flight") == 2
+        s.sendall(data[-20:])
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+    assert lane.metric("sparsecodes_requests_in_flight") == 1
+
+
 def test_pipelined_and_keep_alive(servers: tuple[Server, Server]) -> None:
     """Lane and other requests written at once on one connection: one answer each, in order, connection kept."""
     data = _plain(1, 1) + CASES["wrong d_in"] + _plain(2, 2) + CASES["decode"] + _plain(1, 3)

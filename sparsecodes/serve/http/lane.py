@@ -9,11 +9,11 @@ protocol (``protocol.py``) keeps a small encode request's body, and once it is c
 ``batcher.py`` does: up to ``max_batch_size`` requests, ``max_wait_ms``, no wait once every request in the server
 is queued), and one call in a worker thread (:func:`answer_batch`) parses every body, runs the model once over
 the rows the in-process cache lacks (``Engine.encode_now``) and renders every answer (``routes.encode_answer``,
-the direct route's own rendering); two batches may run at once, one in ONNX Runtime while the next is parsed.
-The JSON bodies of a batch are parsed together when they all hold only ``inputs``
-(``parse.plain_rows_requests``: one array, one bool look and one bound check for all their rows); else each with
-the route's own parser. Back on the loop each answer is written in one piece and recorded like any other request
-(``direct.DirectRoutes``).
+the direct route's own rendering), one batch at a time (:data:`PARALLEL_BATCHES`). The JSON bodies of a batch
+are parsed together when they all hold only ``inputs`` (``parse.plain_rows_requests``: one array, one bool look
+and one bound check for all their rows), and so are the binary ones that hold only a float32 ``inputs`` tensor
+(``parse.plain_binary_rows_requests``); else each with the route's own parser. Back on the loop each answer is
+written in one piece and recorded like any other request (``direct.DirectRoutes``).
 
 The lane answers only what it answers exactly as the encode route would. A request it does not take (a query
 string, ``Expect: 100-continue``, a body over :data:`LANE_MAX_BYTES` or without ``Content-Length``, a pipelined
@@ -52,8 +52,11 @@ log = logging.getLogger("sparsecodes.lane")
 LANE_MAX_BYTES = 64 * 1024
 """Largest body the lane takes: uvicorn pauses reading a connection past 64 KiB of unread body (its
 ``HIGH_WATER_LIMIT``), and only a reader resumes it. A single 384-wide row is about 7.5 KB of JSON."""
-PARALLEL_BATCHES = 2
-"""Batches run at once: while one is in ONNX Runtime (which releases the GIL), the next is parsed."""
+PARALLEL_BATCHES = 1
+"""Batches run at once. Two (one in ONNX Runtime, which releases the GIL, while the next is parsed) were the
+better choice while each body was parsed on its own; with a batch's bodies parsed together, one at a time gives
+larger batches and less contention for the GIL: W1 binary 1.15 × mosec against 1.02 with two, JSON 0.85 against
+0.80 (10 interleaved rounds of 2.5 s, docs/benchmarks.md)."""
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 """Bodies per batch are also bounded in bytes (a request may hold several rows)."""
 
