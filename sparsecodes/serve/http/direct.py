@@ -80,6 +80,10 @@ class DirectRoutes:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.state = app.state
+        self._state_values: dict[str, Any] = app.state._state
+        """What ``app.state`` holds (Starlette's ``State`` keeps it in this dict; its ``__getattr__`` is a Python call
+        per look-up, and the lane looks up the engine for every request)."""
+        self.in_flight = app.state.in_flight
         self.settings = app.state.settings
         self.keys: list[str] = app.state.settings.api_keys
         self.lanes: dict[str, EncodeLane] = {}
@@ -122,7 +126,7 @@ class DirectRoutes:
         target, settings = cycle.target, self.settings
         if target.route is not _ENCODE or target.query_string or not (settings.batch_lane and settings.batching):
             return False
-        engine = getattr(self.state, "engine", None)
+        engine = self._state_values.get("engine")
         if engine is None or not _lane_cache(engine):
             return False
         if target.name not in engine.models:
@@ -150,7 +154,7 @@ class DirectRoutes:
             except ServiceError:
                 return False  # the route's 401
         cycle.lane = LaneRequest(cycle, *encodings, request_id(cycle.headers), time.perf_counter(), fall_back, engine)  # type: ignore[misc]
-        self.state.in_flight.n += 1
+        self.in_flight.n += 1
         self._uncounted += 1
         return True
 
@@ -185,7 +189,7 @@ class DirectRoutes:
             lane = self.lanes[name] = EncodeLane(
                 m, engine, max_batch=self.settings.max_batch_size,
                 max_wait_s=self.settings.max_wait_ms / 1000, max_rows=self.settings.max_rows,
-                load=self.state.in_flight, done=self._lane_done,
+                load=self.in_flight, done=self._lane_done,
             )
         if lane is None or not lane.submit(request):
             self.abandon(request)
@@ -193,7 +197,7 @@ class DirectRoutes:
     def abandon(self, request: LaneRequest) -> None:
         """Give ``request`` to the direct route (the lane is closed, or its connection went before its body
         arrived: the route then records a 499 or a 408)."""
-        self.state.in_flight.n -= 1
+        self.in_flight.n -= 1
         self._uncounted -= 1
         self.count_in_flight()
         request.fall_back()
@@ -201,7 +205,7 @@ class DirectRoutes:
     def _lane_done(self, m: ModelRuntime, batch: list[LaneRequest], answers: list[Answer], l0: np.ndarray) -> None:
         """A batch is answered (or given back): write and record each answer; the code lengths ``l0`` of the
         rows answered at once."""
-        self.state.in_flight.n -= len(batch)
+        self.in_flight.n -= len(batch)
         self._uncounted -= len(batch)
         self.count_in_flight()
         now = time.perf_counter()
@@ -244,7 +248,7 @@ class DirectRoutes:
         """Answer ``cycle``'s request (its body still arriving); whatever happens, it is recorded once."""
         target = cycle.target
         rid = request_id(cycle.headers)
-        in_flight = self.state.in_flight
+        in_flight = self.in_flight
         status = 500
         start = time.perf_counter()
         in_flight.n += 1

@@ -232,13 +232,11 @@ class _Transport:
     the request's body is still arriving (an early 401 or 413), that close turns into a lingering one, so
     the client reads the answer rather than a reset."""
 
-    __slots__ = ("_protocol", "_transport")
+    __slots__ = ("_protocol", "_transport", "write")
 
     def __init__(self, transport: asyncio.Transport, protocol: LimitedHttpToolsProtocol) -> None:
         self._transport, self._protocol = transport, protocol
-
-    def write(self, data: bytes) -> None:
-        self._transport.write(data)
+        self.write = transport.write  # as it is: a write is a write (no Python frame in between, per response)
 
     def is_closing(self) -> bool:
         return self._protocol._closing or self._transport.is_closing()
@@ -346,6 +344,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _after_read(self) -> None:
         """Arm the timer the parser's state needs now: one for an unfinished head or body, none otherwise."""
+        if self._state == IDLE and self._timer is None:
+            return  # whole requests, and no timer to cancel (the usual read)
         if self.transport.is_closing():
             self._cancel_timer()
         elif self._state == HEAD:
