@@ -41,7 +41,10 @@ class SparseCodes:
     def rows(self, start: int, stop: int) -> SparseCodes:
         """Rows ``[start, stop)`` as their own batch (views, no copy of the entries)."""
         a, b = int(self.indptr[start]), int(self.indptr[stop])
-        return SparseCodes(self.indptr[start : stop + 1] - a, self.indices[a:b], self.values[a:b])
+        part = SparseCodes(self.indptr[start : stop + 1] - a, self.indices[a:b], self.values[a:b])
+        if "l0" in self.__dict__:  # computed for the whole batch: the part's is a slice of it (not a subtraction per part)
+            part.__dict__["l0"] = self.__dict__["l0"][start:stop]
+        return part
 
     def coo_rows(self) -> np.ndarray:
         """Row of each entry ``[nnz]`` (int64), as the sparse decoder takes it."""

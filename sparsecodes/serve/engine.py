@@ -185,6 +185,7 @@ class Engine:
             if len(xs) == 1:
                 return [fresh.cap(caps[0])]
             bounds = np.cumsum([0, *(len(x) for x in xs)]).tolist()
+            fresh.l0  # noqa: B018 (computed once for the batch, sliced for each request: SparseCodes.rows)
             return [fresh.rows(a, b).cap(cap) for a, b, cap in zip(bounds[:-1], bounds[1:], caps, strict=True)]
         keys = [self._keys(m, x, cap) for x, cap in zip(xs, caps, strict=True)]
         found = [cache.lookup(k, functools.partial(_drop_invalid_for, m.d_served, cap)) for k, cap in zip(keys, caps, strict=True)]
