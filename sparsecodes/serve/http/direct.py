@@ -208,24 +208,27 @@ class DirectRoutes:
         self.in_flight.n -= len(batch)
         self._uncounted -= len(batch)
         self.count_in_flight()
-        now = time.perf_counter()
-        answered: list[tuple[str, float, str]] = []
+        answered: list[LaneRequest] = []
         for request, response in zip(batch, answers, strict=True):
             if response is None:
                 request.fall_back()
                 continue
             cycle = request.cycle
             target = cycle.target
+            status = response.status_code
             try:
                 cycle.answer(response, request.rid)
             except Exception as exc:  # one broken connection must not strand the rest of the batch
                 log.error("batch lane: writing the answer failed: %s", exc, exc_info=exc, extra={"request_id": request.rid})
                 cycle.transport.close()
-                record_request("POST", target.path, _ENCODE.path, target.name, 500, now - request.start, request.rid)
-                continue
-            answered.append((target.path, now - request.start, request.rid))
-        if answered:  # every answer the lane gives is a 200 of the encode route, for the model the batch is of
-            record_requests("POST", _ENCODE.path, batch[0].cycle.target.name, 200, answered)
+                status = 500
+            if status == 200:
+                answered.append(request)
+            else:
+                record_request("POST", target.path, _ENCODE.path, target.name, status, time.perf_counter() - request.start, request.rid)
+        if answered:  # the batch's 200s, all of one model and route: the histogram updated once, once all are written
+            now = time.perf_counter()
+            record_requests("POST", _ENCODE.path, answered[0].cycle.target.name, 200, [(r.cycle.target.path, now - r.start, r.rid) for r in answered])
         if l0.size:
             self.state.engine.record_l0(m, l0)
 
