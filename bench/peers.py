@@ -17,8 +17,8 @@ sparsecodes runs twice: as configured by default (the hot routes served by the H
 ``serve/http/direct.py``) and with ``SPARSECODES_DIRECT_ROUTES=false`` (``asgi``: through FastAPI's stack, the
 path before it), the latter at W1 only, so that both paths' p99 come from the same rounds.
 
-Every scenario runs ``--rounds`` times, interleaved, so all share the machine's load alike; rows/s is the
-median over rounds, latency percentiles pool every round's requests. Ratios are to sparsecodes' JSON body.
+Every scenario runs ``--rounds`` times, interleaved (odd rounds in reverse order), so all share the machine's
+load alike; rows/s is the median over rounds, latency percentiles pool every round's requests. Ratios are to sparsecodes' JSON body.
 The HTTP load generator is bench/serve.py's (bench/loadgen.py's raw keep-alive connections).
 """
 
@@ -193,14 +193,17 @@ Scenario = tuple[str, Callable[[float], tuple[list[float], float]], int]
 
 
 def interleave(scenarios: list[Scenario], ceiling_xs: tuple[Path, list[np.ndarray]], rounds: int, per: float) -> dict[str, dict[str, float]]:
+    """Every scenario once per round, odd rounds in reverse order: the server measured just after another, or
+    just after the ceiling, is not always the same one (in one-off duels the server measured second in a round
+    did up to 0.1 × better, whichever it was)."""
     rates: dict[str, list[float]] = {}
     latencies: dict[str, list[float]] = {}
-    for _ in range(rounds):
+    for r in range(rounds):
         running_only("ceiling")
         s = ceiling(*ceiling_xs, per)
         rates.setdefault("ceiling_64", []).append(s["rows_per_s"])
         latencies.setdefault("ceiling_64", []).extend(s.pop("_latencies"))
-        for key, fn, rows in scenarios:
+        for key, fn, rows in scenarios if r % 2 == 0 else scenarios[::-1]:
             running_only(key)
             lat, elapsed = fn(per)
             rates.setdefault(key, []).append(len(lat) * rows / elapsed)
