@@ -52,19 +52,8 @@ ODD = {
 }
 
 
-def _alone(body: bytes) -> parse.RowsRequest:
-    return parse.rows_request(parse.Body(body, False, {}), D, MAX_ROWS, EncodeOptions)
-
-
-def test_plain_bodies_parse_together_exactly_as_each_alone() -> None:
-    together = parse.plain_rows_requests(PLAIN, D, MAX_ROWS, EncodeOptions)
-    assert together is not None
-    for body, req in zip(PLAIN, together, strict=True):
-        alone = _alone(body)
-        assert req.x.dtype == np.float32 and req.x.flags.c_contiguous
-        assert req.x.shape == alone.x.shape
-        assert req.x.tobytes() == alone.x.tobytes()  # the same float32 conversion: exact
-        assert req.options == alone.options and req.base64 == alone.base64
+def _alone(body: bytes, binary: bool = False) -> parse.RowsRequest:
+    return parse.rows_request(parse.Body(body, binary, {}), D, MAX_ROWS, EncodeOptions)
 
 
 @pytest.mark.parametrize("odd", list(ODD))
@@ -134,18 +123,16 @@ ODD_BINARY = {
 }
 
 
-def _binary_alone(body: bytes) -> parse.RowsRequest:
-    return parse.rows_request(parse.Body(body, True, {}), D, MAX_ROWS, EncodeOptions)
-
-
-def test_plain_binary_bodies_parse_together_exactly_as_each_alone() -> None:
-    together = parse.plain_binary_rows_requests(PLAIN_BINARY, D, MAX_ROWS, EncodeOptions)
-    assert together is not None
-    for body, req in zip(PLAIN_BINARY, together, strict=True):
-        alone = _binary_alone(body)
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_plain_bodies_parse_together_exactly_as_each_alone(binary: bool) -> None:
+    bodies, together = (PLAIN_BINARY, parse.plain_binary_rows_requests) if binary else (PLAIN, parse.plain_rows_requests)
+    parsed = together(bodies, D, MAX_ROWS, EncodeOptions)
+    assert parsed is not None
+    for body, req in zip(bodies, parsed, strict=True):
+        alone = _alone(body, binary)
         assert req.x.dtype == np.float32 and req.x.flags.c_contiguous
         assert req.x.shape == alone.x.shape
-        assert req.x.tobytes() == alone.x.tobytes()
+        assert req.x.tobytes() == alone.x.tobytes()  # the same float32 conversion: exact
         assert req.options == alone.options and req.base64 == alone.base64
 
 
@@ -154,7 +141,7 @@ def test_one_odd_binary_body_leaves_the_batch_to_the_route_parser(odd: str) -> N
     body = ODD_BINARY[odd]
     assert parse.plain_binary_rows_requests([PLAIN_BINARY[0], body, PLAIN_BINARY[1]], D, MAX_ROWS, EncodeOptions) is None
     try:
-        alone = _binary_alone(body)
+        alone = _alone(body, binary=True)
     except ServiceError:
         return  # the route's parser names the problem
     assert odd in {"metadata", "two tensors"} and alone.x.shape == (1, D)  # valid, but not the plain form
