@@ -225,6 +225,8 @@ def float_matrices(values: list[Any], d: int, max_rows: int) -> list[np.ndarray]
     them, but through one array: one conversion, one bool look and one bound check for all (the batch lane's
     common case, many one-row requests). ``None`` when any value is not a plain list of 1 to ``max_rows`` rows
     of ``d`` finite numbers in bounds: :func:`float_matrix` on each then names the problem."""
+    if not values:
+        return []
     rows: list[Any] = []
     for value in values:
         if type(value) is not list or not 0 < len(value) <= max_rows or type(value[0]) is not list:
@@ -459,6 +461,8 @@ def plain_float_matrices(bodies: list[bytes], d: int, max_rows: int) -> list[np.
     ``d`` values in bounds (the usual binary encode request), → those matrices exactly as :func:`read_tensors`,
     :func:`tensor` and :func:`check_matrix` give them, through one array: one copy and one bound check for all.
     ``None`` when any body is otherwise: those functions on each then name the problem."""
+    if not bodies:
+        return []
     chunks, counts = [], []
     for body in bodies:
         view = memoryview(body)

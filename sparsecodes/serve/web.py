@@ -159,13 +159,17 @@ def record_requests(method: str, route: str, model: str, status: int, requests: 
     """:func:`record_request` for several requests of one route, model and status (``(path, seconds, request
     id)`` each; a batch the lane answered): the histogram updated once for all."""
     metrics.observe_many(_duration_histogram(route, model, status), np.array([seconds for _, seconds, _ in requests]))
-    if log.isEnabledFor(logging.DEBUG if route in QUIET_ROUTES else logging.INFO):
+    if log.isEnabledFor(_log_level(route)):
         for path, seconds, rid in requests:
             _log_request(method, path, route, model, status, seconds, rid)
 
 
+def _log_level(route: str) -> int:
+    return logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+
+
 def _log_request(method: str, path: str, route: str, model: str, status: int, seconds: float, rid: str) -> None:
-    level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
+    level = _log_level(route)
     if log.isEnabledFor(level):
         log.log(
             level, "%s %s %d", method, path, status,

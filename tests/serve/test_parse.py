@@ -128,6 +128,7 @@ def test_plain_bodies_parse_together_exactly_as_each_alone(binary: bool) -> None
     bodies, together = (PLAIN_BINARY, parse.plain_binary_rows_requests) if binary else (PLAIN, parse.plain_rows_requests)
     parsed = together(bodies, D, MAX_ROWS, EncodeOptions)
     assert parsed is not None
+    assert together([], D, MAX_ROWS, EncodeOptions) == []  # nothing to parse is no error
     for body, req in zip(bodies, parsed, strict=True):
         alone = _alone(body, binary)
         assert req.x.dtype == np.float32 and req.x.flags.c_contiguous

@@ -64,7 +64,8 @@ class Target:
 
 _ENCODE = HOT_ROUTES[("v1", "encode")]
 _UNSEEN = object()
-_TARGETS_KEPT = 1024
+_MEMO_KEPT = 1024
+"""Entries kept in each memo of header values (targets by URL, encodings by content type and accept)."""
 
 
 def _lane_cache(engine: Any) -> bool:
@@ -102,7 +103,7 @@ class DirectRoutes:
         known = self._targets.get(url, _UNSEEN)
         if known is not _UNSEEN:
             return known  # type: ignore[return-value]
-        if len(self._targets) >= _TARGETS_KEPT:  # many distinct paths (a scan, a client bug): start over
+        if len(self._targets) >= _MEMO_KEPT:  # many distinct paths (a scan, a client bug): start over
             self._targets.clear()
         target = self._targets[url] = self._parse_target(url)
         return target
@@ -163,7 +164,7 @@ class DirectRoutes:
         if the route refuses the body's type. Kept per pair of header values (clients send the same few)."""
         binary = body_is_binary(media_type(content_type.decode("latin-1") if content_type is not None else None))
         encodings = None if binary is None else (binary, answer_is_binary(accept.decode("latin-1") if accept is not None else "", binary))
-        if len(self._encodings) >= _TARGETS_KEPT:
+        if len(self._encodings) >= _MEMO_KEPT:
             self._encodings.clear()
         self._encodings[(content_type, accept)] = encodings
         return encodings
